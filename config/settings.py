@@ -1,0 +1,187 @@
+"""Stepwise settings, read from the environment (django-environ).
+
+The defaults are the embedded mode `make run` uses: SQLite and django-q2's ORM broker in
+`var/`. Production sets `STEPWISE_ENV=production`, which refuses to start without a real
+`SECRET_KEY` and `ALLOWED_HOSTS`.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+STEPWISE_ENV = env.str("STEPWISE_ENV", default="development")
+PRODUCTION = STEPWISE_ENV == "production"
+VAR_DIR = Path(env.str("STEPWISE_VAR_DIR", default=str(BASE_DIR / "var")))
+
+if PRODUCTION:
+    SECRET_KEY = env.str("SECRET_KEY")  # no default: refuse to start without one
+    ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
+else:
+    SECRET_KEY = env.str("SECRET_KEY", default="stepwise-insecure-development-key-change-me")
+    ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+
+DEBUG = env.bool("DEBUG", default=False)
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_q",
+    "runbooks",
+    "runs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+# SQLite runs in WAL mode with IMMEDIATE transactions so that concurrent writers queue on the
+# busy timeout instead of failing with "database is locked" when a read lock is upgraded.
+SQLITE_OPTIONS = {
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 20,
+    "init_command": (
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
+        " PRAGMA busy_timeout=20000;"
+    ),
+}
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'stepwise.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update(SQLITE_OPTIONS)
+    # Tests run workers in other processes, so the test database must be a file they can open.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-stepwise.sqlite3")}
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if PRODUCTION
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+MEDIA_ROOT = Path(env.str("STEPWISE_MEDIA_DIR", default=str(VAR_DIR / "media")))
+
+LOGIN_URL = "/admin/login/"
+
+# --- Security -------------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE = PRODUCTION
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- Task queue (django-q2) -----------------------------------------------------------------
+# The database is the source of truth for runs; the queue only wakes workers. Step retries are
+# ours, so the queue never retries (max_attempts 1) and acknowledges failures. A step may run
+# for up to STEPWISE_MAX_STEP_SECONDS; the queue's task timeout sits just above it and its
+# redelivery (`retry`) above that, as django-q2 requires.
+STEPWISE_MAX_STEP_SECONDS = env.int("STEPWISE_MAX_STEP_SECONDS", default=24 * 3600)
+STEPWISE_BROKER = env.str("STEPWISE_BROKER", default="")
+Q_CLUSTER = {
+    "name": "stepwise",
+    "workers": env.int("STEPWISE_WORKERS", default=4),
+    "recycle": 500,
+    "timeout": STEPWISE_MAX_STEP_SECONDS + 60,
+    "retry": STEPWISE_MAX_STEP_SECONDS + 120,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "save_limit": 100,
+    "queue_limit": 4,
+    "poll": env.float("STEPWISE_BROKER_POLL", default=0.05),
+    "catch_up": False,
+    "label": "Task queue",
+}
+if STEPWISE_BROKER.startswith(("redis://", "rediss://", "unix://")):
+    Q_CLUSTER["redis"] = STEPWISE_BROKER
+elif STEPWISE_BROKER in ("", "orm"):
+    Q_CLUSTER["orm"] = "default"
+else:
+    raise environ.ImproperlyConfigured(
+        f"STEPWISE_BROKER must be empty, 'orm' or a redis:// URL, not {STEPWISE_BROKER!r}"
+    )
+
+# --- Engine ---------------------------------------------------------------------------------
+# A worker holds a step under a lease it renews while the step runs; the reaper, running in
+# every cluster, takes back steps whose lease ran out (the worker died).
+STEPWISE_LEASE_SECONDS = env.float("STEPWISE_LEASE_SECONDS", default=30)
+STEPWISE_REAPER_INTERVAL = env.float("STEPWISE_REAPER_INTERVAL", default=5)
+STEPWISE_REQUEUE_AFTER = env.float("STEPWISE_REQUEUE_AFTER", default=60)
+STEPWISE_INLINE_RETRY_WAIT = env.float("STEPWISE_INLINE_RETRY_WAIT", default=15)
+STEPWISE_KILL_GRACE = env.float("STEPWISE_KILL_GRACE", default=5)
+STEPWISE_WORK_DIR = Path(env.str("STEPWISE_WORK_DIR", default=str(VAR_DIR / "work")))
+STEPWISE_SHELL_PATH = env.str("STEPWISE_SHELL_PATH", default="/usr/local/bin:/usr/bin:/bin")
+STEPWISE_BASE_URL = env.str("STEPWISE_BASE_URL", default="http://127.0.0.1:8000")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django-q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")}},
+}
+
+# Serve static files straight from the app folders outside production (no collectstatic).
+WHITENOISE_USE_FINDERS = not PRODUCTION
+VAR_DIR.mkdir(parents=True, exist_ok=True)

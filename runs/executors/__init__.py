@@ -1,0 +1,1 @@
+"""Executors: one module per step kind, plus the process and outputs machinery they share."""

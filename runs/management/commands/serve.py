@@ -1,0 +1,92 @@
+"""`manage.py serve`: what `make run` starts — set up, then web and workers together."""
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Migrate, load the examples, make a first admin, then serve web and workers."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=os.environ.get("STEPWISE_HOST", "127.0.0.1"))
+        parser.add_argument("--port", default=os.environ.get("STEPWISE_PORT", "8000"))
+        parser.add_argument("--examples", type=Path, default=settings.BASE_DIR / "examples")
+        parser.add_argument("--no-examples", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        call_command("migrate", interactive=False, verbosity=0)
+        self.stdout.write("database ready")
+        if not options["no_examples"] and options["examples"].is_dir():
+            call_command("runbooks", "sync", str(options["examples"]))
+        self.ensure_admin()
+        url = f"http://{options['host']}:{options['port']}"
+        self.stdout.write(self.style.SUCCESS(f"Stepwise on {url}  (Ctrl-C stops web and workers)"))
+        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        children = [
+            subprocess.Popen([*manage, "qcluster"]),
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "config.asgi:application",
+                    "--host",
+                    options["host"],
+                    "--port",
+                    str(options["port"]),
+                    "--log-level",
+                    "warning",
+                ]
+            ),
+        ]
+        sys.exit(supervise(children))
+
+    def ensure_admin(self) -> None:
+        users = get_user_model()
+        if users.objects.filter(is_superuser=True).exists():
+            return
+        password = secrets.token_urlsafe(12)
+        users.objects.create_superuser("admin", "admin@localhost", password)
+        self.stdout.write(
+            self.style.WARNING(f"created the first admin user: admin / {password}  (change it)")
+        )
+
+
+def supervise(children: list[subprocess.Popen]) -> int:
+    """Waits until Ctrl-C or a child exits, then stops them all."""
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    while not stopping:
+        exited = [child for child in children if child.poll() is not None]
+        if exited:
+            code = exited[0].returncode or 1
+            break
+        time.sleep(0.5)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return code

@@ -1,0 +1,69 @@
+"""The reaper: keeps every run moving when workers die or queue messages are lost.
+
+It runs in a thread of each django-q2 worker process, started when the worker spawns (so on
+cluster start, and again whenever django-q2 replaces a dead worker), and every
+STEPWISE_REAPER_INTERVAL seconds after that. Every change it makes is a compare-and-swap, so
+any number of reapers across machines can run at once.
+"""
+
+import logging
+import random
+import threading
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+from django_q.signals import post_spawn
+
+from runs import services
+from runs.models import Run, Step
+from runs.state import RUN_ACTIVE, RunStatus, StepStatus
+
+logger = logging.getLogger(__name__)
+_tick = threading.Event()  # never set: a sleep that tools and readers see as a wait
+
+
+def reap() -> dict[str, int]:
+    """One pass: take back lost steps, time out overdue runs, re-send lost wake-ups."""
+    now = timezone.now()
+    counts = {"lost": 0, "timed_out": 0, "requeued": 0, "cancelled": 0}
+    for step in Step.objects.filter(
+        status=StepStatus.RUNNING, lease_expires_at__lt=now
+    ).select_related("run")[:200]:
+        counts["lost"] += services.step_reclaim_lost(step=step)
+    overdue = Run.objects.filter(status__in=RUN_ACTIVE, deadline__lte=now)
+    stuck_cancels = Run.objects.filter(status=RunStatus.CANCELLING)
+    for run in [*overdue[:200], *stuck_cancels[:200]]:
+        with transaction.atomic():
+            services.run_advance(run=run)
+        run.refresh_from_db(fields=["status"])
+        if run.status == RunStatus.TIMED_OUT:
+            counts["timed_out"] += 1
+        elif run.status == RunStatus.CANCELLED:
+            counts["cancelled"] += 1
+    counts["requeued"] = services.step_requeue_stalled(older_than=settings.STEPWISE_REQUEUE_AFTER)
+    return counts
+
+
+def _loop() -> None:
+    interval = settings.STEPWISE_REAPER_INTERVAL
+    # Spread the reapers of many workers over the interval.
+    _tick.wait(random.uniform(0, min(interval, 1.0)))  # noqa: S311 - jitter, not security
+    while True:
+        try:
+            counts = reap()
+            if any(counts.values()):
+                logger.info("reaper: %s", counts)
+        except Exception:
+            logger.exception("reaper pass failed")
+        finally:
+            close_old_connections()
+        _tick.wait(interval)
+
+
+def start(**_: object) -> None:
+    threading.Thread(target=_loop, name="stepwise-reaper", daemon=True).start()
+
+
+def connect() -> None:
+    post_spawn.connect(start, dispatch_uid="stepwise-reaper")

@@ -1,0 +1,775 @@
+"""Every write to runs and steps.
+
+Statuses change only through `run_transition` and `step_transition`, compare-and-swap updates
+that record a RunEvent. Anything that moves a run forward (a step finished, a lease expired, a
+cancel) ends by calling `run_advance` with the run row locked, so two workers finishing sibling
+steps at the same instant cannot both miss that their group is done.
+"""
+
+import hashlib
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files import File
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from config.errors import Conflict, InvalidTransition, ValidationFailed
+from runbooks.models import Runbook, RunbookVersion
+from runbooks.params import ParamsError, coerce_params, secret_names
+from runbooks.services import version_definition, version_steps
+from runs import engine, secrets, templating
+from runs.models import Artifact, LogEntry, LogLevel, Run, RunEvent, Step, StepAttempt
+from runs.state import (
+    RUN_ACTIVE,
+    STEP_ACTIVE,
+    RunStatus,
+    StepStatus,
+    run_can_transition,
+    step_can_transition,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# --- Transitions -----------------------------------------------------------------------------
+
+
+def run_transition(
+    *,
+    run: Run,
+    to: str,
+    actor: AbstractBaseUser | None = None,
+    reason: str = "",
+    **fields: Any,
+) -> Run:
+    """Moves a run to `to` if it is still where `run` says it is; records the event."""
+    current = run.status
+    if not run_can_transition(current, to):
+        raise InvalidTransition(f"A run cannot go from {current} to {to}.")
+    updated = Run.objects.filter(pk=run.pk, status=current).update(status=to, **fields)
+    if not updated:
+        raise InvalidTransition(f"Run #{run.pk} is no longer {current}.")
+    RunEvent.objects.create(run=run, from_status=current, to_status=to, actor=actor, message=reason)
+    run.status = to
+    for name, value in fields.items():
+        if not hasattr(value, "resolve_expression"):
+            setattr(run, name, value)
+    return run
+
+
+def step_transition(
+    *,
+    step: Step,
+    to: str,
+    actor: AbstractBaseUser | None = None,
+    reason: str = "",
+    guard: Q | None = None,
+    **fields: Any,
+) -> bool:
+    """Moves a step to `to` if it is still in its status (and matches `guard`).
+
+    Returns False when the row moved on; callers that lost such a race simply stop.
+    """
+    current = step.status
+    if not step_can_transition(current, to):
+        raise InvalidTransition(f"A step cannot go from {current} to {to}.")
+    rows = Step.objects.filter(pk=step.pk, status=current)
+    if guard is not None:
+        rows = rows.filter(guard)
+    if not rows.update(status=to, **fields):
+        return False
+    RunEvent.objects.create(
+        run_id=step.run_id,
+        step=step,
+        from_status=current,
+        to_status=to,
+        actor=actor,
+        message=reason,
+    )
+    step.status = to
+    for name, value in fields.items():
+        if not hasattr(value, "resolve_expression"):
+            setattr(step, name, value)
+    return True
+
+
+# --- Logs ------------------------------------------------------------------------------------
+
+
+def log_system(
+    *, run_id: int, message: str, step: Step | None = None, level: int = LogLevel.SYSTEM
+) -> None:
+    LogEntry.objects.create(
+        run_id=run_id,
+        step=step,
+        attempt=step.attempt if step else 0,
+        timestamp=timezone.now(),
+        level=level,
+        stream="system",
+        message=message,
+    )
+
+
+def logs_append(entries: Iterable[LogEntry]) -> None:
+    LogEntry.objects.bulk_create(list(entries), batch_size=500)
+
+
+# --- Creating runs ---------------------------------------------------------------------------
+
+
+def _create_steps(run: Run, definition: Any) -> None:
+    """Copies the definition's step tree into Step rows, parents before children."""
+    by_number: dict[str, Step] = {}
+    levels: dict[int, list[tuple[str | None, Step]]] = {}
+    for position, (number, spec, parent_number, depth) in enumerate(definition.iter_steps()):
+        step = Step(
+            run=run,
+            position=position,
+            number=number,
+            key=spec.id,
+            name=spec.display_name,
+            kind=spec.kind,
+            condition=spec.if_ or "",
+            max_attempts=spec.max_attempts if spec.kind != "group" else 1,
+            continue_on_error=spec.continue_on_error,
+            parallel=getattr(spec, "parallel", False),
+        )
+        by_number[number] = step
+        levels.setdefault(depth, []).append((parent_number, step))
+    for depth in sorted(levels):
+        rows = []
+        for parent_number, step in levels[depth]:
+            step.parent = by_number[parent_number] if parent_number else None
+            rows.append(step)
+        Step.objects.bulk_create(rows)
+
+
+def _split_secrets(
+    version: RunbookVersion, params: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    names = secret_names(version_definition(version).params)
+    shown = {k: (secrets.MASK if k in names and v is not None else v) for k, v in params.items()}
+    hidden = {k: v for k, v in params.items() if k in names and v is not None}
+    return shown, hidden
+
+
+def params_validate(*, version: RunbookVersion, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validates and coerces params against a version's schema; raises ValidationFailed."""
+    if not isinstance(params, Mapping):
+        raise ValidationFailed(
+            "params must be an object.", details={"params": ["must be an object"]}
+        )
+    try:
+        return coerce_params(version_definition(version).params, params)
+    except ParamsError as error:
+        details = {f"params.{name}": messages for name, messages in error.errors.items()}
+        raise ValidationFailed("Some params are not valid.", details=details) from error
+
+
+@transaction.atomic
+def run_create(
+    *,
+    runbook: Runbook,
+    params: Mapping[str, Any],
+    user: AbstractBaseUser | None,
+    origin: str,
+    title: str = "",
+    labels: Mapping[str, str] | None = None,
+    version: RunbookVersion | None = None,
+    retried_from: Run | None = None,
+    reuse_from: Run | None = None,
+) -> Run:
+    """Validates params and starts a run of the runbook's latest version (or `version`)."""
+    if version is None:
+        if runbook.is_archived:
+            raise Conflict(f"Runbook {runbook.slug!r} is archived; it cannot be run.")
+        version = runbook.latest_version
+        if version is None:
+            raise Conflict(f"Runbook {runbook.slug!r} has no version to run.")
+    if labels is not None and not (
+        isinstance(labels, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+    ):
+        raise ValidationFailed(
+            "labels must map strings to strings.",
+            details={"labels": ["must be an object of strings"]},
+        )
+    values = params_validate(version=version, params=params)
+    shown, hidden = _split_secrets(version, values)
+    definition = version_definition(version)
+    now = timezone.now()
+    run = Run.objects.create(
+        runbook=runbook,
+        version=version,
+        title=title,
+        params=shown,
+        sealed_secrets=secrets.seal(hidden),
+        labels=dict(labels or {}),
+        created_by=user,
+        origin=origin,
+        retried_from=retried_from,
+        deadline=now + timedelta(seconds=definition.timeout) if definition.timeout else None,
+    )
+    if not title:
+        run.title = f"{runbook.name} #{run.number}"
+        Run.objects.filter(pk=run.pk).update(title=run.title)
+    RunEvent.objects.create(
+        run=run,
+        to_status=RunStatus.QUEUED,
+        actor=user,
+        message=f"retry of #{retried_from.number}" if retried_from else f"started from {origin}",
+    )
+    _create_steps(run, definition)
+    if reuse_from is not None:
+        _reuse_succeeded_steps(run, reuse_from)
+    run_advance(run=run)
+    return run
+
+
+def _reuse_succeeded_steps(run: Run, source: Run) -> None:
+    """Retry from failed: leaf steps that succeeded before keep their outputs and don't rerun."""
+    done = {
+        key: (outputs, started, finished)
+        for key, outputs, started, finished in source.steps.leaves()
+        .filter(status=StepStatus.SUCCEEDED)
+        .values_list("key", "outputs", "started_at", "finished_at")
+    }
+    for step in run.steps.leaves().filter(key__in=done):
+        outputs, started, finished = done[step.key]
+        # A reused result is a plain status write at creation time, not a transition a worker
+        # made: the step never ran in this run.
+        Step.objects.filter(pk=step.pk).update(
+            status=StepStatus.SUCCEEDED, outputs=outputs, started_at=started, finished_at=finished
+        )
+        RunEvent.objects.create(
+            run=run,
+            step=step,
+            from_status=StepStatus.PENDING,
+            to_status=StepStatus.SUCCEEDED,
+            message=f"reused the result from run #{source.number}",
+        )
+
+
+def run_retry(
+    *,
+    run: Run,
+    user: AbstractBaseUser | None,
+    origin: str,
+    params: Mapping[str, Any] | None = None,
+    mode: str = "start",
+) -> Run:
+    """Starts a new run of the same version; `mode="failed"` reuses steps that succeeded."""
+    if mode not in ("start", "failed"):
+        raise ValidationFailed(
+            "from must be 'start' or 'failed'.", details={"from": ["must be start or failed"]}
+        )
+    if not run.is_terminal:
+        raise Conflict(
+            f"Run #{run.number} is still {run.status}; only finished runs can be retried."
+        )
+    if mode == "failed" and run.status == RunStatus.SUCCEEDED:
+        raise Conflict(f"Run #{run.number} succeeded; there is no failed step to retry from.")
+    if params is None:
+        params = {**run.params, **secrets.unseal(run.sealed_secrets)}
+    return run_create(
+        runbook=run.runbook,
+        version=run.version,
+        params=params,
+        user=user,
+        origin=origin,
+        labels=run.labels,
+        retried_from=run,
+        reuse_from=run if mode == "failed" else None,
+    )
+
+
+# --- Moving runs forward ---------------------------------------------------------------------
+
+
+def _nodes(run: Run) -> tuple[list[engine.Node], dict[int, Step]]:
+    steps = {step.pk: step for step in run.steps.all()}
+    nodes = {
+        pk: engine.Node(
+            pk=pk,
+            key=step.key,
+            kind=step.kind,
+            status=step.status,
+            condition=step.condition or None,
+            continue_on_error=step.continue_on_error,
+            parallel=step.parallel,
+            error=step.error,
+        )
+        for pk, step in steps.items()
+    }
+    top: list[engine.Node] = []
+    for pk, step in sorted(steps.items(), key=lambda item: item[1].position):
+        (nodes[step.parent_id].children if step.parent_id else top).append(nodes[pk])
+    return top, steps
+
+
+def template_context(run: Run, steps: Iterable[Step] | None = None) -> dict[str, Any]:
+    """What templates see: params (secrets included), steps' outputs and statuses, the run."""
+    if steps is None:
+        steps = run.steps.all()
+    return {
+        "params": {**run.params, **secrets.unseal(run.sealed_secrets)},
+        "steps": {step.key: {"status": step.status, "outputs": step.outputs} for step in steps},
+        "run": {
+            "number": run.number,
+            "id": str(run.uuid),
+            "created_by": run.created_by.get_username() if run.created_by_id else None,
+        },
+    }
+
+
+def _masker(run: Run) -> secrets.Masker:
+    return secrets.Masker(secrets.unseal(run.sealed_secrets).values())
+
+
+def _lock(run: Run) -> Run:
+    return Run.objects.select_for_update().select_related("created_by").get(pk=run.pk)
+
+
+def _render_run_outputs(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
+    definition = version_definition(run.version)
+    context = template_context(run, steps)
+    masker = _masker(run)
+    return {
+        name: masker.text(templating.render(template, context))
+        for name, template in definition.outputs.items()
+    }
+
+
+def _finish_run(run: Run, steps: dict[int, Step], failed: engine.Node | None) -> None:
+    now = timezone.now()
+    if failed is None:
+        try:
+            outputs = _render_run_outputs(run, steps.values())
+        except templating.RenderError as error:
+            run_transition(
+                run=run,
+                to=RunStatus.FAILED,
+                reason="outputs failed to render",
+                finished_at=now,
+                error={"message": f"Run outputs failed to render: {error}", "step": None},
+            )
+            log_system(run_id=run.pk, message=f"run outputs failed: {error}", level=LogLevel.ERROR)
+            return
+        run_transition(run=run, to=RunStatus.SUCCEEDED, finished_at=now, outputs=outputs)
+        return
+    step = steps[failed.pk]
+    error = {"message": f"Step {step.number} ({step.key}) {_describe(step)}", "step": step.number}
+    run_transition(
+        run=run, to=RunStatus.FAILED, reason=error["message"], finished_at=now, error=error
+    )
+
+
+def _describe(step: Step) -> str:
+    if step.status == StepStatus.TIMED_OUT:
+        return f"timed out: {step.error}" if step.error else "timed out"
+    return f"failed: {step.error}" if step.error else "failed"
+
+
+@dataclass(frozen=True)
+class Advance:
+    queued: list[int]  # steps that became ready, in outline order
+
+
+def run_advance(*, run: Run, hold_first: bool = False) -> Advance:
+    """Starts what is ready, ends what is done. Call inside a transaction.
+
+    With `hold_first`, the first ready step is not sent to the queue: the calling worker
+    claims it itself, saving a queue round trip per step of a sequential chain.
+    """
+    run = _lock(run)
+    if run.is_terminal:
+        return Advance(queued=[])
+    top, steps = _nodes(run)
+    if run.status == RunStatus.CANCELLING:
+        _stop_if_idle(run, top, steps, RunStatus.CANCELLED, "run cancelled")
+        return Advance(queued=[])
+    if run.deadline and timezone.now() >= run.deadline:
+        _time_out(run, top, steps)
+        return Advance(queued=[])
+
+    context: dict[str, Any] | None = None
+
+    def condition_holds(node: engine.Node) -> bool:
+        nonlocal context
+        if context is None:
+            context = template_context(run, steps.values())
+        # Statuses decided earlier in this same plan are visible to later conditions.
+        for pk, step in steps.items():
+            context["steps"][step.key]["status"] = nodes_by_pk[pk].status
+        return bool(templating.evaluate(node.condition or "", context))
+
+    nodes_by_pk: dict[int, engine.Node] = {}
+    stack = list(top)
+    while stack:
+        node = stack.pop()
+        nodes_by_pk[node.pk] = node
+        stack.extend(node.children)
+
+    outcome = engine.plan(top, condition_holds)
+    now = timezone.now()
+    queued: list[int] = []
+    for decision in outcome.decisions:
+        step = steps[decision.pk]
+        fields: dict[str, Any] = {}
+        if decision.status == StepStatus.QUEUED:
+            fields = {"enqueued_at": now}
+            queued.append(step.pk)
+        elif decision.status == StepStatus.RUNNING:
+            fields = {"started_at": now}
+        else:
+            fields = {"finished_at": now, "error": decision.reason}
+            if decision.status == StepStatus.SKIPPED:
+                fields["started_at"] = None
+        if not step_transition(step=step, to=decision.status, reason=decision.reason, **fields):
+            raise InvalidTransition(f"Step {step.number} moved while run #{run.pk} was locked.")
+        if decision.status == StepStatus.FAILED:
+            log_system(run_id=run.pk, step=step, message=decision.reason, level=LogLevel.ERROR)
+    if outcome.finished:
+        if run.status == RunStatus.QUEUED and outcome.failed_step is None:
+            run.started_at = run.started_at or now
+            Run.objects.filter(pk=run.pk).update(started_at=run.started_at)
+        _finish_run(run, steps, outcome.failed_step)
+    queued.sort(key=lambda pk: steps[pk].position)
+    _enqueue(run.pk, queued[1:] if hold_first else queued)
+    return Advance(queued=queued)
+
+
+def _stop_if_idle(
+    run: Run, top: list[engine.Node], steps: dict[int, Step], status: str, reason: str
+) -> None:
+    """Cancels what has not started; ends the run once nothing is running any more."""
+    for decision in engine.cancel_plan(top):
+        step_transition(
+            step=steps[decision.pk],
+            to=StepStatus.CANCELLED,
+            reason=reason,
+            finished_at=timezone.now(),
+        )
+    if any(step.status in STEP_ACTIVE for step in steps.values()):
+        return
+    group_status = StepStatus.CANCELLED if status == RunStatus.CANCELLED else StepStatus.FAILED
+    for decision in engine.close_groups(top, group_status, reason):
+        step_transition(
+            step=steps[decision.pk], to=decision.status, reason=reason, finished_at=timezone.now()
+        )
+    fields: dict[str, Any] = {"finished_at": timezone.now()}
+    if status == RunStatus.TIMED_OUT:
+        fields["error"] = {"message": reason, "step": None}
+    if run.status == RunStatus.CANCELLING and status != RunStatus.CANCELLED:
+        status = RunStatus.CANCELLED
+    run_transition(run=run, to=status, reason=reason, **fields)
+
+
+def _time_out(run: Run, top: list[engine.Node], steps: dict[int, Step]) -> None:
+    timeout = version_definition(run.version).timeout
+    reason = f"run timed out after {timeout:g}s" if timeout else "run timed out"
+    if not run.events.filter(kind="timeout").exists():
+        RunEvent.objects.create(run=run, kind="timeout", message=reason)
+        log_system(run_id=run.pk, message=reason, level=LogLevel.ERROR)
+    _stop_if_idle(run, top, steps, RunStatus.TIMED_OUT, reason)
+
+
+def _enqueue(run_pk: int, step_pks: list[int]) -> None:
+    """Wakes a worker for each step, once the transaction that queued them has committed."""
+    if not step_pks:
+        return
+    from runs import tasks  # the task module imports services
+
+    def send() -> None:
+        for pk in step_pks:
+            tasks.wake(run_pk, pk)
+
+    transaction.on_commit(send)
+
+
+# --- Cancelling ------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def run_cancel(*, run: Run, user: AbstractBaseUser | None, reason: str) -> Run:
+    """Stops a run: steps not started are cancelled, running ones are killed by their workers."""
+    reason = (reason or "").strip()
+    run = _lock(run)
+    if run.status not in RUN_ACTIVE:
+        raise Conflict(f"Run #{run.number} is {run.status}; only active runs can be cancelled.")
+    who = user.get_username() if user else "system"
+    run_transition(
+        run=run,
+        to=RunStatus.CANCELLING,
+        actor=user,
+        reason=reason,
+        cancel_reason=reason,
+    )
+    log_system(
+        run_id=run.pk, message=f"cancel requested by {who}" + (f": {reason}" if reason else "")
+    )
+    top, steps = _nodes(run)
+    _stop_if_idle(run, top, steps, RunStatus.CANCELLED, "run cancelled")
+    return run
+
+
+# --- Workers ---------------------------------------------------------------------------------
+
+
+def _lease_until() -> Any:
+    return timezone.now() + timedelta(seconds=settings.STEPWISE_LEASE_SECONDS)
+
+
+def _claim(step: Step, worker: str) -> bool:
+    now = timezone.now()
+    claimed = step_transition(
+        step=step,
+        to=StepStatus.RUNNING,
+        attempt=F("attempt") + 1,
+        lease_owner=worker,
+        lease_expires_at=_lease_until(),
+        started_at=step.started_at or now,
+        finished_at=None,
+        not_before=None,
+    )
+    if not claimed:
+        return False
+    step.refresh_from_db(fields=["attempt"])
+    StepAttempt.objects.create(
+        step=step, number=step.attempt, worker=worker, status=StepStatus.RUNNING, started_at=now
+    )
+    run = step.run
+    if run.status == RunStatus.QUEUED:
+        run_transition(run=run, to=RunStatus.RUNNING, started_at=now)
+    return True
+
+
+def _ready_steps(run_pk: int) -> Any:
+    return (
+        Step.objects.filter(run_id=run_pk, status=StepStatus.QUEUED)
+        .filter(Q(not_before__isnull=True) | Q(not_before__lte=timezone.now()))
+        .select_related("run")
+        .order_by("position")
+    )
+
+
+@transaction.atomic
+def step_claim(*, run_pk: int, worker: str, prefer: int | None = None) -> Step | None:
+    """Claims a ready step of the run for `worker`: the step `prefer` if it is still queued,
+    else the first ready one. Returns None when there is nothing to do."""
+    ready = _ready_steps(run_pk)
+    candidates = list(ready.filter(pk=prefer)) if prefer else []
+    candidates += [step for step in ready[:8] if step.pk != prefer]
+    for step in candidates:
+        if _claim(step, worker):
+            return step
+    return None
+
+
+def step_heartbeat(*, step: Step, worker: str) -> str | None:
+    """Renews the lease. Returns why the step must stop (cancel, lost lease) or None."""
+    held = Step.objects.filter(
+        pk=step.pk, status=StepStatus.RUNNING, lease_owner=worker, attempt=step.attempt
+    ).update(lease_expires_at=_lease_until())
+    if not held:
+        return "lost"
+    status = Run.objects.values_list("status", flat=True).get(pk=step.run_id)
+    if status == RunStatus.CANCELLING:
+        return "cancelled"
+    return None
+
+
+def step_should_stop(*, step: Step) -> str | None:
+    """A cheap check between heartbeats: has the run been cancelled?"""
+    status = Run.objects.values_list("status", flat=True).get(pk=step.run_id)
+    return "cancelled" if status == RunStatus.CANCELLING else None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    status: str  # succeeded | failed | timed_out | cancelled
+    exit_code: int | None = None
+    outputs: Mapping[str, Any] | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Finish:
+    next_step: Step | None = None  # the next ready step, already claimed for this worker
+    retry_at: Any = None  # when this step is retried, if the worker should wait for it
+
+
+@transaction.atomic
+def step_finish(*, step: Step, worker: str, result: StepResult) -> Finish | None:
+    """Records an attempt's result, schedules a retry or ends the step, then advances the run.
+
+    Returns None if the worker no longer holds the step (its lease was taken back).
+    """
+    run = _lock(step.run)
+    now = timezone.now()
+    masker = _masker(run)
+    error = masker.text(result.error)
+    outputs = masker.data(dict(result.outputs or {}))
+    guard = Q(lease_owner=worker, attempt=step.attempt)
+    StepAttempt.objects.filter(step=step, number=step.attempt).update(
+        status=result.status, finished_at=now, exit_code=result.exit_code, error=error
+    )
+    retry_at = None
+    retryable = result.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
+    if (
+        retryable
+        and step.attempt < step.max_attempts
+        and run.status in RUN_ACTIVE
+        and not (run.deadline and now >= run.deadline)
+    ):
+        retries = version_steps(run.version)[step.key].retries
+        delay = retries.delay_before(step.attempt + 1) if retries else 0
+        retry_at = now + timedelta(seconds=delay)
+        # A worker waits out a short delay itself (runs.runner); a long one is left to the
+        # reaper, which wakes steps that are due and were never sent to the queue.
+        inline = delay <= settings.STEPWISE_INLINE_RETRY_WAIT
+        moved = step_transition(
+            step=step,
+            to=StepStatus.QUEUED,
+            reason=f"attempt {step.attempt} {result.status}; retrying",
+            guard=guard,
+            not_before=retry_at,
+            enqueued_at=retry_at if inline else None,
+            lease_owner="",
+            lease_expires_at=None,
+            exit_code=result.exit_code,
+            error=error,
+        )
+        if not moved:
+            return None
+        log_system(
+            run_id=run.pk,
+            step=step,
+            message=f"retrying in {delay:g}s (attempt {step.attempt + 1} of {step.max_attempts})",
+            level=LogLevel.WARN,
+        )
+        return Finish(retry_at=retry_at if inline else None)
+    moved = step_transition(
+        step=step,
+        to=result.status,
+        reason=error,
+        guard=guard,
+        finished_at=now,
+        lease_owner="",
+        lease_expires_at=None,
+        exit_code=result.exit_code,
+        outputs=outputs,
+        error=error,
+    )
+    if not moved:
+        return None
+    advance = run_advance(run=run, hold_first=True)
+    if advance.queued:
+        held = _ready_steps(run.pk).filter(pk=advance.queued[0]).first()
+        if held is not None and _claim(held, worker):
+            return Finish(next_step=held)
+        _enqueue(run.pk, advance.queued[:1])
+    return Finish()
+
+
+@transaction.atomic
+def step_reclaim_lost(*, step: Step) -> bool:
+    """A step's lease expired: its worker died. Retry it if attempts remain, else fail it."""
+    run = _lock(step.run)
+    step.refresh_from_db()
+    now = timezone.now()
+    if (
+        step.status != StepStatus.RUNNING
+        or not step.lease_expires_at
+        or step.lease_expires_at > now
+    ):
+        return False
+    message = f"worker lost ({step.lease_owner or 'unknown worker'} stopped renewing its lease)"
+    StepAttempt.objects.filter(step=step, number=step.attempt).update(
+        status=StepStatus.FAILED, finished_at=now, error="worker lost"
+    )
+    guard = Q(lease_owner=step.lease_owner, attempt=step.attempt)
+    if step.attempt < step.max_attempts and run.status in RUN_ACTIVE:
+        moved = step_transition(
+            step=step,
+            to=StepStatus.QUEUED,
+            reason=message,
+            guard=guard,
+            lease_owner="",
+            lease_expires_at=None,
+            enqueued_at=now,
+            error="worker lost",
+        )
+        if moved:
+            log_system(
+                run_id=run.pk, step=step, message=f"{message}; retrying", level=LogLevel.WARN
+            )
+            _enqueue(run.pk, [step.pk])
+        return moved
+    final = StepStatus.CANCELLED if run.status == RunStatus.CANCELLING else StepStatus.FAILED
+    moved = step_transition(
+        step=step,
+        to=final,
+        reason=message,
+        guard=guard,
+        lease_owner="",
+        lease_expires_at=None,
+        finished_at=now,
+        error="worker lost",
+    )
+    if moved:
+        log_system(run_id=run.pk, step=step, message=message, level=LogLevel.ERROR)
+        run_advance(run=run)
+    return moved
+
+
+def step_requeue_stalled(*, older_than: float) -> int:
+    """Wakes workers again for queued steps whose message may have been lost."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=older_than)
+    rows = list(
+        Step.objects.filter(status=StepStatus.QUEUED)
+        .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lte=stale))
+        .values_list("pk", "run_id")[:500]
+    )
+    for pk, run_pk in rows:
+        if Step.objects.filter(pk=pk, status=StepStatus.QUEUED).update(enqueued_at=now):
+            with transaction.atomic():
+                _enqueue(run_pk, [pk])
+    return len(rows)
+
+
+# --- Artifacts -------------------------------------------------------------------------------
+
+
+def artifacts_store(*, step: Step, files: list[tuple[str, Path]]) -> list[Artifact]:
+    """Copies the files a step left in $STEPWISE_ARTIFACTS into storage."""
+    stored = []
+    for name, path in files:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+            handle.seek(0)
+            artifact = Artifact(
+                run_id=step.run_id,
+                step=step,
+                attempt=step.attempt,
+                name=name,
+                size=path.stat().st_size,
+                sha256=digest.hexdigest(),
+            )
+            artifact.run = step.run
+            artifact.file.save(name, File(handle), save=False)
+        artifact.save()
+        stored.append(artifact)
+    return stored

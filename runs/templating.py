@@ -1,0 +1,109 @@
+"""Jinja2 templating of step definitions, safe by construction.
+
+Every template renders in an immutable sandbox with strict undefined. Where a value lands
+decides how it is encoded, through Jinja's `finalize` hook, which sees every `{{ ... }}` result:
+shell scripts quote each value as one literal word, URLs percent-encode it. A parameter can
+therefore never become shell syntax or change a URL's structure, whatever it contains.
+"""
+
+import json
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
+
+_SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
+
+
+class RenderError(Exception):
+    """A template or expression failed; the message says where and why."""
+
+
+def to_text(value: object) -> str:
+    """The text form of a value, as shell scripts and environment variables see it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _shell_quote(value: object) -> str:
+    text = to_text(value).replace("\x00", "")
+    return shlex.quote(text)
+
+
+def _url_encode(value: object) -> str:
+    # `{{ params.base_url | safe }}` is the one way to insert a value into a URL as written
+    # (a base URL the runbook's author chose to make a param). Shell scripts have no such
+    # escape hatch: there a value is always one literal word.
+    if isinstance(value, Markup):
+        return str(value)
+    return quote(to_text(value), safe="")
+
+
+@cache
+def _environment(mode: str) -> ImmutableSandboxedEnvironment:
+    finalize: Callable[[Any], Any] = {
+        "shell": _shell_quote,
+        "url": _url_encode,
+        "text": to_text,
+    }[mode]
+    return ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined,
+        finalize=finalize,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+
+
+def _describe(error: Exception) -> str:
+    line = getattr(error, "lineno", None)
+    where = f" (line {line})" if line else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def render(template: str, context: Mapping[str, Any], *, mode: str = "text") -> str:
+    """Renders `template`; mode is "shell", "url" or "text"."""
+    try:
+        return _environment(mode).from_string(template).render(context)
+    except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as error:
+        raise RenderError(_describe(error)) from error
+
+
+def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
+    """Evaluates a bare expression, as `if:` conditions are written."""
+    try:
+        compiled = _environment("text").compile_expression(expression, undefined_to_none=False)
+        result = compiled(**context)
+    except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as error:
+        raise RenderError(_describe(error)) from error
+    if isinstance(result, StrictUndefined):
+        # Touching it raises the UndefinedError with the missing name.
+        try:
+            bool(result)
+        except TemplateError as error:
+            raise RenderError(_describe(error)) from error
+    return result
+
+
+def render_value(value: Any, context: Mapping[str, Any]) -> Any:
+    """Renders a JSON value: a string that is exactly one `{{ expr }}` keeps the value's type."""
+    if isinstance(value, str):
+        match = _SINGLE_EXPRESSION.match(value)
+        if match and "{{" not in match.group(1) and "}}" not in match.group(1):
+            return evaluate(match.group(1), context)
+        return render(value, context)
+    if isinstance(value, dict):
+        return {key: render_value(item, context) for key, item in value.items()}
+    if isinstance(value, list):
+        return [render_value(item, context) for item in value]
+    return value
