@@ -153,7 +153,8 @@ class StepAttempt(models.Model):
 
     step = models.ForeignKey(Step, on_delete=models.CASCADE, related_name="attempts")
     number = models.PositiveIntegerField()
-    worker = models.CharField(max_length=200, blank=True)
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid:id")
+    pid = models.IntegerField(null=True, blank=True, help_text="The step's process group.")
     status = models.CharField(max_length=16, choices=StepStatus.choices)
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -8,6 +8,7 @@ steps at the same instant cannot both miss that their group is done.
 
 import hashlib
 import logging
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +27,7 @@ from runbooks.models import Runbook, RunbookVersion
 from runbooks.params import ParamsError, coerce_params, secret_names
 from runbooks.services import version_definition, version_steps
 from runs import engine, secrets, templating
+from runs.executors.process import kill_orphaned_group
 from runs.models import Artifact, LogEntry, LogLevel, Run, RunEvent, Step, StepAttempt
 from runs.state import (
     RUN_ACTIVE,
@@ -335,7 +337,7 @@ def _masker(run: Run) -> secrets.Masker:
 
 
 def _lock(run: Run) -> Run:
-    return Run.objects.select_for_update().select_related("created_by").get(pk=run.pk)
+    return Run.objects.select_for_update(of=("self",)).select_related("created_by").get(pk=run.pk)
 
 
 def _render_run_outputs(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
@@ -680,6 +682,38 @@ def step_finish(*, step: Step, worker: str, result: StepResult) -> Finish | None
     return Finish()
 
 
+def attempt_started(*, step: Step, pid: int) -> None:
+    """Records the process group of a shell attempt, so the reaper can end it if we die."""
+    StepAttempt.objects.filter(step=step, number=step.attempt).update(pid=pid)
+
+
+def _kill_lost_attempt(run: Run, step: Step) -> None:
+    attempt = StepAttempt.objects.filter(step=step, number=step.attempt).first()
+    if attempt is None or attempt.pid is None:
+        return
+    host = attempt.worker.split(":", 1)[0]
+    if host != socket.gethostname():
+        log_system(
+            run_id=run.pk,
+            step=step,
+            message=f"attempt {attempt.number} ran on {host}; its processes could not be checked",
+            level=LogLevel.WARN,
+        )
+        return
+    expected = {
+        "STEPWISE_RUN_ID": str(run.uuid),
+        "STEPWISE_STEP_ID": step.key,
+        "STEPWISE_ATTEMPT": str(attempt.number),
+    }
+    if kill_orphaned_group(attempt.pid, expected):
+        log_system(
+            run_id=run.pk,
+            step=step,
+            message=f"killed the processes attempt {attempt.number} left behind",
+            level=LogLevel.WARN,
+        )
+
+
 @transaction.atomic
 def step_reclaim_lost(*, step: Step) -> bool:
     """A step's lease expired: its worker died. Retry it if attempts remain, else fail it."""
@@ -693,6 +727,7 @@ def step_reclaim_lost(*, step: Step) -> bool:
     ):
         return False
     message = f"worker lost ({step.lease_owner or 'unknown worker'} stopped renewing its lease)"
+    _kill_lost_attempt(run, step)
     StepAttempt.objects.filter(step=step, number=step.attempt).update(
         status=StepStatus.FAILED, finished_at=now, error="worker lost"
     )

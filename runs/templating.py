@@ -50,6 +50,15 @@ def _url_encode(value: object) -> str:
     return quote(to_text(value), safe="")
 
 
+class _Environment(ImmutableSandboxedEnvironment):
+    """`steps.x.outputs.items` means the output named items, not the dict method."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
 @cache
 def _environment(mode: str) -> ImmutableSandboxedEnvironment:
     finalize: Callable[[Any], Any] = {
@@ -57,7 +66,7 @@ def _environment(mode: str) -> ImmutableSandboxedEnvironment:
         "url": _url_encode,
         "text": to_text,
     }[mode]
-    return ImmutableSandboxedEnvironment(
+    return _Environment(
         undefined=StrictUndefined,
         finalize=finalize,
         autoescape=False,

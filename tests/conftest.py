@@ -1,5 +1,6 @@
 """Shared fixtures: users, runbooks from YAML, running runs in-process or in a real qcluster."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -122,12 +123,13 @@ class Cluster:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        # Whatever is left (a worker we SIGKILLed leaves orphans behind) goes too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

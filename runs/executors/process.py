@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
+import psutil
+
 __all__ = ["MAX_LINE_BYTES", "LineSplitter", "Outcome", "ProcessResult", "run_process"]
 
 Outcome = Literal["exited", "timed_out", "stopped"]
@@ -147,6 +149,7 @@ def run_process(
     kill_grace: float = 5.0,
     poll_interval: float = 0.2,
     on_tick: Callable[[], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` and wait for it, streaming its output; never leaves a process behind.
 
@@ -162,6 +165,7 @@ def run_process(
       after ``kill_grace`` seconds. Output keeps being read meanwhile.
     - When the leader exits, for whatever reason, what is left of its group is SIGKILLed and
       the pipes are drained (for at most 2 s, in case something escaped the group).
+    - ``on_start(pid)`` is called once the process runs; its pid is also its process group id.
     - ``on_tick()`` is called at least every ``poll_interval`` seconds until we return, so a
       caller can flush batched log lines.
 
@@ -199,6 +203,8 @@ def run_process(
         proc, selector, on_output=on_output, on_tick=on_tick, interval=poll_interval
     )
     try:
+        if on_start is not None:
+            on_start(proc.pid)
         outcome, reason = supervisor.watch(should_stop, deadline)
         if outcome != "exited":
             supervisor.terminate(kill_grace)
@@ -415,3 +421,24 @@ def _open_pidfd(pid: int) -> int | None:
         return pidfd_open(pid)
     except OSError:
         return None  # old kernel, or seccomp forbids it: fall back to polling
+
+
+def kill_orphaned_group(pid: int, expected_env: dict[str, str]) -> bool:
+    """SIGKILLs the process group led by `pid` if that process is the one we expect.
+
+    A worker killed with SIGKILL leaves its step's processes running. Before the step is
+    retried elsewhere, the reaper ends them, identifying the process by the environment we
+    gave it (so a recycled pid is never hit). Returns whether a group was killed.
+    """
+    try:
+        process = psutil.Process(pid)
+        environment = process.environ()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    if any(environment.get(name) != value for name, value in expected_env.items()):
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -11,7 +11,7 @@ from runs import templating
 from runs.executors.outputs import OutputsError, collect_files, parse_outputs
 from runs.executors.process import run_process
 from runs.models import Step
-from runs.services import StepResult, artifacts_store
+from runs.services import StepResult, artifacts_store, attempt_started
 from runs.state import StepStatus
 
 BASH = shutil.which("bash") or "/bin/bash"
@@ -67,6 +67,7 @@ def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) 
             deadline=supervisor.deadline,
             kill_grace=settings.STEPWISE_KILL_GRACE,
             on_tick=supervisor.log.tick,
+            on_start=lambda pid: attempt_started(step=step, pid=pid),
         )
         artifacts_store(step=step, files=collect_files(artifacts))
         if result.outcome == "timed_out":

@@ -1,0 +1,567 @@
+"""Whole runs, executed in this process by the workers' own code (runs.runner.work)."""
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psutil
+import pytest
+
+from config.errors import Conflict, ValidationFailed
+from runs.models import Artifact, LogEntry, LogLevel, Run, RunEvent, StepAttempt
+from runs.services import run_cancel, run_create, run_retry
+from tests.conftest import drain, wait_for
+
+
+def start(runbook, user=None, **params):
+    return run_create(runbook=runbook, params=params, user=user, origin="cli")
+
+
+def logs(run, step=None):
+    entries = LogEntry.objects.filter(run=run).order_by("seq")
+    if step:
+        entries = entries.filter(step__key=step)
+    return [entry.message for entry in entries]
+
+
+def steps(run):
+    return {step.key: step for step in run.steps.all()}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_outputs_flow_between_steps_and_into_run_outputs(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: outputs
+        name: Outputs
+        outputs:
+          greeting: "{{ steps.second.outputs.greeting }}"
+        steps:
+          - id: first
+            shell: |
+              echo "name=world" >> "$STEPWISE_OUTPUT"
+              {
+                echo "poem<<END"
+                echo "line one"
+                echo "line two"
+                echo "END"
+              } >> "$STEPWISE_OUTPUT"
+          - id: second
+            shell: |
+              echo "greeting=hello {{ steps.first.outputs.name }}" >> "$STEPWISE_OUTPUT"
+              printf '%s\\n' {{ steps.first.outputs.poem }}
+        """
+    )
+    run = drain(start(runbook))
+    assert run.status == "succeeded"
+    assert run.outputs == {"greeting": "hello world"}
+    assert steps(run)["first"].outputs == {"name": "world", "poem": "line one\nline two"}
+    assert "line one" in logs(run, "second") and "line two" in logs(run, "second")
+
+
+def test_parallel_group_runs_every_child_then_continues(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: fan
+        name: Fan out
+        steps:
+          - id: group
+            parallel: true
+            steps:
+              - {id: a, shell: echo a}
+              - {id: b, shell: echo b}
+              - {id: c, shell: echo c}
+          - id: after
+            shell: echo after
+        """
+    )
+    run = drain(start(runbook))
+    assert run.status == "succeeded"
+    tree = steps(run)
+    assert {key: tree[key].status for key in tree} == dict.fromkeys(
+        ["group", "a", "b", "c", "after"], "succeeded"
+    )
+    assert [tree[k].number for k in ("group", "a", "b", "c", "after")] == [
+        "1",
+        "1.1",
+        "1.2",
+        "1.3",
+        "2",
+    ]
+    assert tree["after"].started_at >= max(tree[k].finished_at for k in "abc")
+
+
+def test_failure_in_parallel_group_fails_the_run_after_siblings_finish(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: fan-fail
+        name: Fan out failing
+        steps:
+          - id: group
+            parallel: true
+            steps:
+              - {id: bad, shell: exit 4}
+              - {id: good, shell: echo fine}
+          - id: after
+            shell: echo never
+        """
+    )
+    run = drain(start(runbook))
+    tree = steps(run)
+    assert run.status == "failed"
+    assert tree["good"].status == "succeeded"
+    assert tree["group"].status == "failed"
+    assert tree["after"].status == "skipped"
+    assert run.error == {"message": "Step 1.1 (bad) failed: exit code 4", "step": "1.1"}
+
+
+def test_if_skips_or_runs_steps_by_params_and_earlier_results(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: conditions
+        name: Conditions
+        params:
+          - {name: deploy, type: boolean, default: false}
+        steps:
+          - id: check
+            shell: echo "ok=yes" >> "$STEPWISE_OUTPUT"
+          - id: deploy
+            if: params.deploy
+            shell: echo deploying
+          - id: report
+            if: "steps.check.outputs.ok == 'yes' and steps.deploy.status == 'skipped'"
+            shell: echo reported
+        """
+    )
+    run = drain(start(runbook))
+    tree = steps(run)
+    assert (tree["deploy"].status, tree["report"].status) == ("skipped", "succeeded")
+    run = drain(start(runbook, deploy=True))
+    tree = steps(run)
+    assert (tree["deploy"].status, tree["report"].status) == ("succeeded", "skipped")
+    assert run.status == "succeeded"
+
+
+def test_continue_on_error_keeps_the_run_going(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: tolerant
+        name: Tolerant
+        steps:
+          - {id: flaky, shell: exit 1, continue_on_error: true}
+          - {id: next, shell: echo next}
+        """
+    )
+    run = drain(start(runbook))
+    tree = steps(run)
+    assert run.status == "succeeded"
+    assert (tree["flaky"].status, tree["next"].status) == ("failed", "succeeded")
+
+
+def test_retries_back_off_and_keep_every_attempt(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: retry
+        name: Retry
+        steps:
+          - id: flaky
+            retries: {max: 3, delay: 100ms, backoff: 2}
+            shell: |
+              echo "attempt $STEPWISE_ATTEMPT"
+              [ "$STEPWISE_ATTEMPT" -ge 3 ]
+        """
+    )
+    run = drain(start(runbook))
+    flaky = steps(run)["flaky"]
+    assert run.status == "succeeded"
+    assert flaky.attempt == 3 and flaky.max_attempts == 4
+    attempts = list(StepAttempt.objects.filter(step=flaky).values_list("number", "status"))
+    assert attempts == [(1, "failed"), (2, "failed"), (3, "succeeded")]
+    messages = logs(run, "flaky")
+    assert "retrying in 0.1s (attempt 2 of 4)" in messages
+    assert "retrying in 0.2s (attempt 3 of 4)" in messages
+    assert [m for m in messages if m.startswith("attempt ")] == [
+        "attempt 1",
+        "attempt 2",
+        "attempt 3",
+    ]
+
+
+def test_step_that_keeps_failing_exhausts_its_retries(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: hopeless
+        name: Hopeless
+        steps:
+          - {id: broken, retries: 1, shell: exit 7}
+        """
+    )
+    run = drain(start(runbook))
+    assert run.status == "failed"
+    assert steps(run)["broken"].attempt == 2
+    assert run.error["message"] == "Step 1 (broken) failed: exit code 7"
+
+
+def test_step_timeout_kills_the_whole_process_tree(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: slow
+        name: Slow
+        steps:
+          - id: slow
+            timeout: 1s
+            shell: |
+              sleep 300 &
+              echo "child=$!"
+              bash -c 'sleep 300 & echo "grandchild=$!"; wait'  &
+              sleep 300
+        """
+    )
+    run = drain(start(runbook))
+    slow = steps(run)["slow"]
+    assert run.status == "failed"
+    assert slow.status == "timed_out"
+    assert run.error["message"] == "Step 1 (slow) timed out: timed out after 1s"
+    pids = [int(m.split("=")[1]) for m in logs(run, "slow") if "child=" in m]
+    assert len(pids) == 2
+    assert not any(pid_alive(pid) for pid in pids)
+
+
+def test_run_timeout_stops_a_running_step_and_times_out_the_run(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: run-timeout
+        name: Run timeout
+        timeout: 1s
+        steps:
+          - {id: long, shell: sleep 300}
+          - {id: never, shell: echo never}
+        """
+    )
+    run = drain(start(runbook))
+    tree = steps(run)
+    assert run.status == "timed_out"
+    assert tree["long"].status == "timed_out" and tree["long"].error == "run timed out"
+    assert tree["never"].status == "cancelled"
+    assert "run timed out after 1s" in run.error["message"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_mid_step_kills_the_process_and_cancels_the_rest(make_runbook, user):
+    runbook = make_runbook(
+        """
+        slug: cancel-me
+        name: Cancel me
+        steps:
+          - id: long
+            shell: |
+              echo "pid=$$"
+              sleep 300
+          - {id: after, shell: echo after}
+        """
+    )
+    run = start(runbook)
+    worker = threading.Thread(target=drain, args=(run,))
+    worker.start()
+    line = wait_for(lambda: LogEntry.objects.filter(run=run, message__startswith="pid=").first())
+    pid = int(line.message.split("=")[1])
+    run_cancel(run=Run.objects.get(pk=run.pk), user=user, reason="wrong service")
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    run.refresh_from_db()
+    tree = steps(run)
+    assert run.status == "cancelled" and run.cancel_reason == "wrong service"
+    assert (tree["long"].status, tree["after"].status) == ("cancelled", "cancelled")
+    assert not pid_alive(pid)
+    event = RunEvent.objects.get(run=run, to_status="cancelling")
+    assert (event.actor, event.message) == (user, "wrong service")
+
+
+def test_cancel_refuses_a_finished_run(make_runbook, user):
+    run = drain(start(make_runbook("slug: quick\nname: Quick\nsteps: [{id: a, shell: 'true'}]")))
+    with pytest.raises(Conflict, match="only active runs"):
+        run_cancel(run=run, user=user, reason="too late")
+
+
+def test_retry_from_failed_reuses_succeeded_steps(make_runbook, tmp_path, user):
+    marker = tmp_path / "fixed"
+    runbook = make_runbook(
+        f"""
+        slug: retry-failed
+        name: Retry from failed
+        steps:
+          - id: prepare
+            shell: |
+              echo "token=$RANDOM$RANDOM" >> "$STEPWISE_OUTPUT"
+          - id: deploy
+            shell: |
+              test -e {marker}
+              echo "deployed with {{{{ steps.prepare.outputs.token }}}}"
+        """
+    )
+    first = drain(start(runbook))
+    assert first.status == "failed" and first.error["step"] == "2"
+    marker.touch()
+    second = drain(run_retry(run=first, user=user, origin="api", mode="failed"))
+    assert second.status == "succeeded" and second.retried_from == first
+    token = steps(first)["prepare"].outputs["token"]
+    assert steps(second)["prepare"].outputs == {"token": token}
+    assert not StepAttempt.objects.filter(step=steps(second)["prepare"]).exists()
+    assert f"deployed with {token}" in logs(second, "deploy")
+
+
+def test_retry_from_failed_is_refused_for_a_succeeded_run(make_runbook, user):
+    run = drain(start(make_runbook("slug: fine\nname: Fine\nsteps: [{id: a, shell: 'true'}]")))
+    with pytest.raises(Conflict, match="no failed step"):
+        run_retry(run=run, user=user, origin="api", mode="failed")
+    again = drain(run_retry(run=run, user=user, origin="api", mode="start"))
+    assert again.status == "succeeded" and again.number > run.number
+
+
+def test_secret_params_never_appear_in_logs_outputs_or_the_run(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: secrets
+        name: Secrets
+        params:
+          - {name: token, type: secret}
+        outputs:
+          leaked: "{{ params.token }}"
+        steps:
+          - id: use
+            shell: |
+              echo "token is {{ params.token }}"
+              echo "env has $PARAM_TOKEN" >&2
+              echo "copy=$PARAM_TOKEN" >> "$STEPWISE_OUTPUT"
+              [ "$PARAM_TOKEN" = 's3cr3t-value' ]
+        """
+    )
+    run = drain(start(runbook, token="s3cr3t-value"))
+    assert run.status == "succeeded"
+    assert run.params == {"token": "***"}
+    assert "s3cr3t-value" not in run.sealed_secrets
+    assert run.outputs == {"leaked": "***"}
+    assert steps(run)["use"].outputs == {"copy": "***"}
+    text = "\n".join(logs(run))
+    assert "token is ***" in text and "env has ***" in text
+    assert "s3cr3t-value" not in text
+
+
+def test_invalid_params_start_nothing(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: strict
+        name: Strict
+        params:
+          - {name: replicas, type: integer, min: 1, max: 5}
+        steps: [{id: a, shell: 'true'}]
+        """
+    )
+    with pytest.raises(ValidationFailed) as error:
+        start(runbook, replicas="9", extra="x")
+    assert set(error.value.details) == {"params.replicas", "params.extra"}
+    assert Run.objects.count() == 0
+
+
+def test_step_environment_is_scrubbed_and_carries_params_and_run_ids(make_runbook, monkeypatch):
+    monkeypatch.setenv("WORKER_DATABASE_PASSWORD", "hunter2")
+    runbook = make_runbook(
+        """
+        slug: env
+        name: Env
+        params:
+          - {name: region, type: string, default: eu-west}
+        steps:
+          - id: show
+            env: {GREETING: "hi {{ params.region }}"}
+            shell: env | sort
+        """
+    )
+    run = drain(start(runbook))
+    lines = logs(run, "show")
+    assert "PARAM_REGION=eu-west" in lines and "GREETING=hi eu-west" in lines
+    assert f"STEPWISE_RUN_NUMBER={run.number}" in lines and "STEPWISE_STEP_ID=show" in lines
+    assert f"STEPWISE_RUN_ID={run.uuid}" in lines
+    assert not any("hunter2" in line for line in lines)
+
+
+def test_log_levels_come_from_streams_and_prefixes(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: levels
+        name: Levels
+        steps:
+          - id: talk
+            shell: |
+              echo out
+              echo err >&2
+              echo "::debug::details"
+              echo "::warning::careful"
+              echo "::error::broken"
+        """
+    )
+    run = drain(start(runbook))
+    entries = {
+        e.message: (LogLevel(e.level).label, e.stream)
+        for e in LogEntry.objects.filter(run=run, step__key="talk").exclude(stream="system")
+    }
+    assert entries == {
+        "out": ("info", "stdout"),
+        "err": ("warn", "stderr"),
+        "details": ("debug", "stdout"),
+        "careful": ("warn", "stdout"),
+        "broken": ("error", "stdout"),
+    }
+
+
+def test_template_error_fails_the_step_with_the_message_in_the_log(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: bad-template
+        name: Bad template
+        steps:
+          - {id: a, shell: "echo {{ steps.nowhere.outputs.x }}"}
+        """
+    )
+    run = drain(start(runbook))
+    assert run.status == "failed"
+    assert "template error" in steps(run)["a"].error
+    assert any("nowhere" in line for line in logs(run, "a"))
+
+
+def test_artifacts_are_kept(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: artifacts
+        name: Artifacts
+        steps:
+          - id: report
+            shell: |
+              mkdir -p "$STEPWISE_ARTIFACTS/sub"
+              echo "hello" > "$STEPWISE_ARTIFACTS/report.txt"
+              echo "nested" > "$STEPWISE_ARTIFACTS/sub/data.csv"
+              ln -s /etc/passwd "$STEPWISE_ARTIFACTS/escape"
+        """
+    )
+    run = drain(start(runbook))
+    stored = {a.name: a for a in Artifact.objects.filter(run=run)}
+    assert set(stored) == {"report.txt", "sub/data.csv"}
+    assert stored["report.txt"].size == 6
+    assert stored["report.txt"].file.read() == b"hello\n"
+
+
+class _Api(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        status = 202 if body.get("replicas") == 3 else 400
+        payload = json.dumps(
+            {"path": self.path, "got": body, "auth": self.headers["Authorization"]}
+        )
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(payload.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def api_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_http_step_sends_typed_json_and_exposes_the_response(make_runbook, api_server):
+    runbook = make_runbook(
+        """
+        slug: http
+        name: HTTP
+        params:
+          - {name: base, type: string}
+          - {name: service, type: string}
+          - {name: replicas, type: integer}
+          - {name: token, type: secret}
+        steps:
+          - id: restart
+            http:
+              method: post
+              url: "{{ params.base | safe }}/services/{{ params.service }}/restart"
+              headers: {Authorization: "Bearer {{ params.token }}"}
+              json: {replicas: "{{ params.replicas }}"}
+              expect: [202]
+          - id: show
+            shell: echo status {{ steps.restart.outputs.status }} {{ steps.restart.outputs.json.path }}
+        """
+    )
+    run = drain(start(runbook, base=api_server, service="a/b c", replicas=3, token="tok-123"))
+    assert run.status == "succeeded"
+    outputs = steps(run)["restart"].outputs
+    assert outputs["status"] == 202
+    assert outputs["json"]["got"] == {"replicas": 3}
+    assert outputs["json"]["path"] == "/services/a%2Fb%20c/restart"
+    assert outputs["json"]["auth"] == "Bearer ***"
+    assert "status 202 /services/a%2Fb%20c/restart" in logs(run, "show")
+
+
+def test_http_step_fails_on_an_unexpected_status(make_runbook, api_server):
+    runbook = make_runbook(
+        """
+        slug: http-fail
+        name: HTTP fail
+        steps:
+          - id: call
+            http: {method: POST, url: "URL/x", json: {replicas: 1}}
+        """.replace("URL", api_server)
+    )
+    run = drain(start(runbook))
+    assert run.status == "failed"
+    assert steps(run)["call"].error == "HTTP 400, expected 2xx"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_numbers_stay_unique_under_concurrent_creation(make_runbook):
+    runbook = make_runbook("slug: many\nname: Many\nsteps: [{id: a, shell: 'true'}]")
+    numbers: list[int] = []
+    errors: list[Exception] = []
+
+    def create() -> None:
+        try:
+            for _ in range(5):
+                numbers.append(start(runbook).number)
+        except Exception as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(numbers) == 20 == len(set(numbers))
+
+
+def test_sleep_step_waits_and_succeeds(make_runbook):
+    run = drain(start(make_runbook("slug: nap\nname: Nap\nsteps: [{id: nap, sleep: 200ms}]")))
+    nap = steps(run)["nap"]
+    assert run.status == "succeeded"
+    assert (nap.finished_at - nap.started_at).total_seconds() >= 0.2
+
+
+def test_worker_pid_is_not_the_steps_process_group(make_runbook):
+    # Killing a step's process group must never hit the worker itself.
+    run = drain(
+        start(make_runbook("slug: pg\nname: PG\nsteps: [{id: a, shell: 'ps -o pgid= -p $$'}]"))
+    )
+    pgid = int(logs(run, "a")[1])
+    assert pgid != os.getpgid(0)

@@ -1,0 +1,145 @@
+"""Whole runs executed by a real `manage.py qcluster` process, including workers dying."""
+
+import os
+import signal
+
+import psutil
+import pytest
+
+from runs.models import LogEntry, Run
+from runs.services import run_cancel, run_create
+from tests.conftest import wait_for, wait_for_run
+
+pytestmark = pytest.mark.worker
+
+
+def start(runbook, **params):
+    return run_create(runbook=runbook, params=params, user=None, origin="cli")
+
+
+def step_pid(run: Run, key: str) -> int:
+    line = wait_for(
+        lambda: LogEntry.objects.filter(run=run, step__key=key, message__startswith="pid=").first()
+    )
+    return int(line.message.split("=")[1])
+
+
+def worker_running(pid: int) -> int:
+    """The django-q2 worker process whose child is the step's bash."""
+    return psutil.Process(pid).ppid()
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_cluster_runs_a_whole_runbook(cluster, make_runbook):
+    cluster()
+    runbook = make_runbook(
+        """
+        slug: whole
+        name: Whole
+        steps:
+          - {id: one, shell: 'echo "n=1" >> "$STEPWISE_OUTPUT"'}
+          - id: fan
+            parallel: true
+            steps:
+              - {id: a, shell: 'echo a {{ steps.one.outputs.n }}'}
+              - {id: b, retries: {max: 1, delay: 100ms}, shell: '[ "$STEPWISE_ATTEMPT" = 2 ]'}
+          - {id: nap, sleep: 100ms}
+        """
+    )
+    run = wait_for_run(start(runbook))
+    assert run.status == "succeeded", run.error
+    assert {s.key: s.status for s in run.steps.all()} == dict.fromkeys(
+        ["one", "fan", "a", "b", "nap"], "succeeded"
+    )
+    assert LogEntry.objects.filter(run=run, step__key="a", message="a 1").exists()
+
+
+def test_killed_worker_step_is_retried_when_attempts_remain(cluster, make_runbook):
+    qcluster = cluster()
+    runbook = make_runbook(
+        """
+        slug: survive
+        name: Survive
+        steps:
+          - id: work
+            retries: 1
+            shell: |
+              echo "pid=$$"
+              if [ "$STEPWISE_ATTEMPT" = 1 ]; then sleep 300; fi
+              echo finished
+        """
+    )
+    run = start(runbook)
+    pid = step_pid(run, "work")
+    os.kill(worker_running(pid), signal.SIGKILL)
+    run = wait_for_run(run, timeout=60)
+    work = run.steps.get(key="work")
+    assert run.status == "succeeded", qcluster.output()
+    assert work.attempt == 2
+    assert LogEntry.objects.filter(run=run, step=work, message__contains="worker lost").exists()
+    assert LogEntry.objects.filter(run=run, step=work, message="finished").exists()
+    # The first attempt's processes, orphaned by the dead worker, were ended before the retry.
+    assert LogEntry.objects.filter(run=run, step=work, message__startswith="killed the processes")
+    assert wait_for(lambda: gone(pid), timeout=10)
+
+
+def test_killed_worker_fails_the_step_as_worker_lost_without_retries(cluster, make_runbook):
+    qcluster = cluster()
+    runbook = make_runbook(
+        """
+        slug: lost
+        name: Lost
+        steps:
+          - id: work
+            shell: |
+              echo "pid=$$"
+              sleep 300
+          - {id: after, shell: echo never}
+        """
+    )
+    run = start(runbook)
+    pid = step_pid(run, "work")
+    os.kill(worker_running(pid), signal.SIGKILL)
+    run = wait_for_run(run, timeout=60)
+    assert run.status == "failed", qcluster.output()
+    assert run.error == {"message": "Step 1 (work) failed: worker lost", "step": "1"}
+    assert run.steps.get(key="after").status == "skipped"
+    assert wait_for(lambda: gone(pid), timeout=10)
+
+
+def test_cancel_reaches_a_step_running_in_the_cluster(cluster, make_runbook):
+    cluster()
+    runbook = make_runbook(
+        """
+        slug: stop-me
+        name: Stop me
+        steps:
+          - id: work
+            shell: |
+              echo "pid=$$"
+              sleep 300
+        """
+    )
+    run = start(runbook)
+    pid = step_pid(run, "work")
+    run_cancel(run=run, user=None, reason="not needed")
+    run = wait_for_run(run, timeout=30)
+    assert run.status == "cancelled"
+    assert wait_for(lambda: gone(pid), timeout=10)
+
+
+def test_message_lost_before_any_worker_saw_it_is_sent_again(cluster, make_runbook):
+    from django_q.brokers import get_broker
+
+    runbook = make_runbook("slug: lost-msg\nname: Lost message\nsteps: [{id: a, shell: 'true'}]")
+    run = start(runbook)
+    get_broker().purge_queue()  # the wake-up message vanishes
+    cluster(STEPWISE_REQUEUE_AFTER="1")
+    run = wait_for_run(run, timeout=30)
+    assert run.status == "succeeded"
