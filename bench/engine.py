@@ -44,6 +44,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 WORKERS = 2
+SET_BY_US = {
+    "STEPWISE_BROKER",
+    "STEPWISE_WORKERS",
+    "STEPWISE_VAR_DIR",
+    "STEPWISE_WORK_DIR",
+    "STEPWISE_MEDIA_DIR",
+}
 BASH = shutil.which("bash") or "/bin/bash"
 # The argv the shell executor runs for a step whose script is `true` (runs/executors/shell.py).
 BASH_ARGV = [BASH, "-e", "-o", "pipefail", "-c", "true"]
@@ -122,8 +129,10 @@ def backend_names(database_url: str, broker: str) -> tuple[str, str]:
 def configure_environment(args: argparse.Namespace, tmp: Path) -> str:
     """Sets what config/settings.py reads; the clusters inherit the same environment."""
     database_url = args.database_url or f"sqlite:///{tmp / 'bench.sqlite3'}"
+    # An experiment may point DJANGO_SETTINGS_MODULE at a module that imports config.settings
+    # and changes one thing (keep it on PYTHONPATH so the cluster finds it too).
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
         DATABASE_URL=database_url,
         STEPWISE_BROKER=args.broker or "",
         STEPWISE_WORKERS=str(WORKERS),
@@ -201,6 +210,7 @@ def machine() -> dict[str, Any]:
         "cpu_model": model,
         "ram_gib": round(mem_kb / 1024 / 1024, 1),
         "kernel": platform.release(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -239,14 +249,19 @@ class Cluster:
         return [root, *root.children(recursive=True)]
 
     def stop(self) -> None:
+        """SIGTERM to the qcluster itself, then SIGKILL to whatever is left of its group.
+
+        SIGTERM goes to the leader only: django-q2 then stops its sentinel, workers, monitor
+        and pusher in order (about 2 s). Sent to the whole group at once it can leave the
+        leader blocked in multiprocessing's Event.set() for good (seen with django-q2 1.11).
+        """
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
+                os.kill(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 log("qcluster did not stop on SIGTERM within 15 s; SIGKILL")
-        # Whatever is left of the group (a worker stuck on a step, say) goes now.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
@@ -613,6 +628,8 @@ def render_table(report: dict[str, Any]) -> str:
         f"Stepwise engine benchmark: {bk['database']} + {bk['broker']} broker, "
         f"{WORKERS} workers; {m['nproc']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM",
         ", ".join(f"{k} {val}" for k, val in report["versions"].items()),
+        f"load average (1 min) at start: {report['loadavg_1m_at_start']}"
+        + "".join(f"; {k}={val}" for k, val in report["overrides"].items()),
         "",
     ]
     for cells in [header, tuple("-" * w for w in widths), *rows]:
@@ -647,6 +664,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, cleanups: list[Callable[[
     a_runs, b_runs, e_chains = (2, 10, 1) if quick else (3, 20, 3)
     idle_seconds = 5.0 if quick else 20.0
 
+    load_at_start = round(os.getloadavg()[0], 2)
     import django
 
     django.setup()
@@ -707,8 +725,16 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, cleanups: list[Callable[[
         "bash": bash,
     }
     targets = targets_for(db, broker_kind)
+    overrides = {
+        name: os.environ[name]
+        for name in sorted(os.environ)
+        if (name.startswith("STEPWISE_") and name not in SET_BY_US)
+        or (name == "DJANGO_SETTINGS_MODULE" and os.environ[name] != "config.settings")
+    }
     report = {
         "backend": {"database": db, "broker": broker_kind, "workers": WORKERS, "quick": quick},
+        "overrides": overrides,
+        "loadavg_1m_at_start": load_at_start,
         "machine": machine(),
         "versions": versions(db, broker_kind),
         "figures": figures,

@@ -14,9 +14,12 @@ from functools import cache
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, pass_context
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
+
+from runs import shell_template
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
 
@@ -36,9 +39,33 @@ def to_text(value: object) -> str:
     return str(value)
 
 
-def _shell_quote(value: object) -> str:
+class _ShellText(str):
+    """Script text made by the `stepwise_shell` filter: already safe where it stands."""
+
+
+def _shell_finalize(value: object) -> str:
+    if isinstance(value, _ShellText):
+        return value
+    # Every `{{ }}` goes through stepwise_shell (runs.shell_template); quoting is the
+    # fallback should the rewrite ever miss one.
+    return shlex.quote(to_text(value).replace("\x00", ""))
+
+
+@pass_context
+def _stepwise_shell(
+    context: Context, value: object, where: str, delimiter: str | None = None
+) -> _ShellText:
     text = to_text(value).replace("\x00", "")
-    return shlex.quote(text)
+    if where == "heredoc":
+        # Nothing expands in a quoted heredoc, so the value goes in as it is, unless one of
+        # its lines would end the heredoc early and turn the rest into commands.
+        if any(line.strip("\t") == delimiter for line in text.split("\n")):
+            raise RenderError(f"a value contains the line {delimiter!r}, which ends its heredoc")
+        return _ShellText(text)
+    variables: dict[str, str] = context["__stepwise_vars__"]
+    name = f"STEPWISE_V{len(variables) + 1}"
+    variables[name] = text
+    return _ShellText(shell_template.REFERENCE[where].format(name=name))
 
 
 def _url_encode(value: object) -> str:
@@ -62,16 +89,19 @@ class _Environment(ImmutableSandboxedEnvironment):
 @cache
 def _environment(mode: str) -> ImmutableSandboxedEnvironment:
     finalize: Callable[[Any], Any] = {
-        "shell": _shell_quote,
+        "shell": _shell_finalize,
         "url": _url_encode,
         "text": to_text,
     }[mode]
-    return _Environment(
+    environment = _Environment(
         undefined=StrictUndefined,
         finalize=finalize,
         autoescape=False,
         keep_trailing_newline=True,
     )
+    if mode == "shell":
+        environment.filters["stepwise_shell"] = _stepwise_shell
+    return environment
 
 
 def _describe(error: Exception) -> str:
@@ -80,12 +110,26 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}{where}"
 
 
+_ERRORS = (TemplateError, ArithmeticError, TypeError, ValueError, LookupError)
+
+
 def render(template: str, context: Mapping[str, Any], *, mode: str = "text") -> str:
-    """Renders `template`; mode is "shell", "url" or "text"."""
+    """Renders `template`; mode is "url" or "text" (shell scripts use `render_shell`)."""
     try:
         return _environment(mode).from_string(template).render(context)
-    except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as error:
+    except _ERRORS as error:
         raise RenderError(_describe(error)) from error
+
+
+def render_shell(template: str, context: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """Renders a shell script; returns it with the variables its values travel in."""
+    variables: dict[str, str] = {}
+    try:
+        compiled = _environment("shell").from_string(shell_template.rewrite(template))
+        script = compiled.render({**context, "__stepwise_vars__": variables})
+    except _ERRORS as error:
+        raise RenderError(_describe(error)) from error
+    return script, variables
 
 
 def evaluate(expression: str, context: Mapping[str, Any]) -> Any:

@@ -46,7 +46,7 @@ def step_environment(
 
 
 def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) -> StepResult:
-    script = templating.render(spec.shell, context, mode="shell")
+    script, values = templating.render_shell(spec.shell, context)
     base = attempt_dir(step)
     output, artifacts = base / "output", base / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) 
         workdir.mkdir(exist_ok=True)
     elif not workdir.is_dir():
         return StepResult(status=StepStatus.FAILED, error=f"workdir {workdir} does not exist")
-    env = step_environment(step, spec, context, output, artifacts)
+    env = {**step_environment(step, spec, context, output, artifacts), **values}
     try:
         result = run_process(
             [BASH, "-e", "-o", "pipefail", "-c", script],

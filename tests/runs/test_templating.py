@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from runs.templating import RenderError, evaluate, render, render_value, to_text
+from runs.templating import RenderError, evaluate, render, render_shell, render_value, to_text
 
 INJECTIONS = [
     "plain",
@@ -34,34 +34,78 @@ INJECTIONS = [
 ]
 
 
+def run_shell(template: str, value: str) -> bytes:
+    script, variables = render_shell(template, {"params": {"v": value}})
+    result = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", script],
+        capture_output=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", **variables},
+    )
+    return result.stdout
+
+
+# Each template prints the value between [ and ] in a different shell quoting context.
+CONTEXTS = {
+    "bare word": "printf '[%s]' {{ params.v }}",
+    "inside double quotes": 'printf "[%s]" "{{ params.v }}"',
+    "double quotes with text": 'echo "[{{ params.v }}]"',
+    "inside single quotes": "echo '[{{ params.v }}]'",
+    "ansi-c quotes": "echo $'[{{ params.v }}]'",
+    "command substitution": 'echo "$(printf "[%s]" {{ params.v }})"',
+    "backticks": "echo `printf '[%s]' {{ params.v }}`",
+    "unquoted heredoc": "cat <<EOF\n[{{ params.v }}]\nEOF",
+    "quoted heredoc": "cat <<'EOF'\n[{{ params.v }}]\nEOF",
+    "indented heredoc": "cat <<-END\n\t[{{ params.v }}]\n\tEND",
+    "after a comment line": "# {{ params.v }} in a comment\nprintf '[%s]' {{ params.v }}",
+    "jinja loop": "{% for _ in [1] %}printf '[%s]' {{ params.v }}{% endfor %}",
+    "filter and concatenation": "printf '[%s]' {{ ('' ~ params.v) | trim | lower | upper | lower }}",
+}
+
+
 @pytest.mark.parametrize("template", INJECTIONS)
-def test_shell_value_is_one_literal_word(template, tmp_path):
+@pytest.mark.parametrize("context", sorted(CONTEXTS))
+def test_shell_value_is_literal_data_in_every_quoting_context(context, template, tmp_path):
     canary = tmp_path / "canary"
     value = template.replace("{canary}", str(canary))
-    script = render('printf "%s" {{ params.v }}', {"params": {"v": value}}, mode="shell")
-    result = subprocess.run(
-        ["bash", "-e", "-o", "pipefail", "-c", script], capture_output=True, check=True
-    )
-    assert result.stdout.decode() == value
+    expected = value
+    if context == "filter and concatenation":
+        expected = value.strip().lower()
+    if context in ("command substitution", "backticks", "after a comment line"):
+        expected = expected.rstrip("\n")
+    if context == "backticks":
+        # Backticks word-split their output: that is the shell, not an injection.
+        expected = None
+    if context == "quoted heredoc" and "\n" in value:
+        expected = value
+    output = run_shell(CONTEXTS[context], value).decode()
+    if expected is not None:
+        body = output.removesuffix("\n")
+        assert body == f"[{expected}]"
     assert not canary.exists()
 
 
-def test_shell_value_with_nul_byte_loses_only_the_nul(tmp_path):
-    script = render("printf '%s' {{ params.v }}", {"params": {"v": "a\x00b"}}, mode="shell")
-    result = subprocess.run(["bash", "-c", script], capture_output=True, check=True)
-    assert result.stdout == b"ab"
+def test_quoted_heredoc_refuses_a_value_that_would_end_it():
+    with pytest.raises(RenderError, match="ends its heredoc"):
+        render_shell("cat <<'EOF'\n{{ params.v }}\nEOF", {"params": {"v": "x\nEOF\ntouch /tmp/x"}})
 
 
-def test_shell_quoting_applies_to_every_expression_including_filters_and_concatenation(tmp_path):
-    canary = tmp_path / "canary"
-    context = {"params": {"v": f"x; touch {canary}"}}
-    script = render(
-        "printf '%s|' {{ params.v | upper }} {{ 'pre-' ~ params.v }} {{ params.v | safe }}",
-        context,
-        mode="shell",
+def test_shell_value_with_nul_byte_loses_only_the_nul():
+    assert run_shell("printf '%s' {{ params.v }}", "a\x00b") == b"ab"
+
+
+def test_shell_values_travel_in_variables_not_in_the_script():
+    script, variables = render_shell(
+        'echo "checking {{ params.v }}" {{ params.v }}', {"params": {"v": "$(id)"}}
     )
-    subprocess.run(["bash", "-c", script], capture_output=True, check=True)
-    assert not canary.exists()
+    assert "$(id)" not in script
+    assert script == 'echo "checking ${STEPWISE_V1}" "${STEPWISE_V2}"'
+    assert variables == {"STEPWISE_V1": "$(id)", "STEPWISE_V2": "$(id)"}
+
+
+def test_raw_blocks_are_left_alone():
+    script, variables = render_shell("{% raw %}echo {{ x }}{% endraw %}", {"params": {}})
+    assert script == "echo {{ x }}" and variables == {}
 
 
 def test_url_values_are_percent_encoded():

@@ -1,0 +1,208 @@
+"""Template values in shell scripts travel as environment variables, never as code.
+
+Quoting a value and pasting it into the script (shlex.quote) is not enough: inside an
+unquoted heredoc the shell still expands `$(...)` in the pasted text, and inside double
+quotes the added single quotes show up in the output. So before a script template is
+compiled, each `{{ expr }}` is rewritten, according to the shell quoting context it stands
+in, into a reference to a fresh variable (`"${STEPWISE_V1}"` outside quotes, `${STEPWISE_V1}`
+inside double quotes or a heredoc, `'"${STEPWISE_V1}"'` inside single quotes), and the value
+goes into the step's environment. Expansion results are never parsed again by the shell, so
+a value is always data.
+
+No library tracks bash quoting contexts inside a Jinja template, hence this small lexer. It
+understands quotes, `$'...'`, backticks, `$(...)`, comments and heredocs; anything it does
+not model falls back to the safest form for its context.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+_RAW = re.compile(r"\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}", re.DOTALL)
+_HEREDOC = re.compile(r"<<(-?)[ \t]*(?:'([^'\n]*)'|\"([^\"\n]*)\"|\\?([A-Za-z0-9_.-]+))")
+
+
+@dataclass
+class _Heredoc:
+    delimiter: str
+    quoted: bool
+    strip_tabs: bool
+
+
+@dataclass
+class _Lexer:
+    source: str
+    out: list[str] = field(default_factory=list)
+    stack: list[str] = field(default_factory=lambda: ["code"])
+    pending: list[_Heredoc] = field(default_factory=list)
+    i: int = 0
+
+    def rewrite(self) -> str:
+        while self.i < len(self.source):
+            if self.jinja():
+                continue
+            self.char()
+        return "".join(self.out)
+
+    # Jinja syntax is copied through; `{{ }}` gets the filter for the current context.
+    def jinja(self, context: str | None = None) -> bool:
+        source, i = self.source, self.i
+        if source.startswith("{{", i):
+            end = source.find("}}", i + 2)
+            if end < 0:
+                return False
+            inner = source[i + 2 : end]
+            left = "-" if inner.startswith("-") else ""
+            right = "-" if inner.endswith("-") else ""
+            expression = inner[len(left) : len(inner) - len(right)]
+            context = context or self.stack[-1]
+            self.out.append(f"{{{{{left} ({expression}) | {filter_call(context)} {right}}}}}")
+            self.i = end + 2
+            return True
+        raw = _RAW.match(source, i)
+        if raw:
+            self.out.append(raw.group(0))
+            self.i = raw.end()
+            return True
+        for opening, closing in (("{%", "%}"), ("{#", "#}")):
+            if source.startswith(opening, i):
+                end = source.find(closing, i + 2)
+                if end < 0:
+                    return False
+                self.out.append(source[i : end + 2])
+                self.i = end + 2
+                return True
+        return False
+
+    def take(self, count: int = 1) -> str:
+        text = self.source[self.i : self.i + count]
+        self.out.append(text)
+        self.i += count
+        return text
+
+    def char(self) -> None:
+        source, i, context = self.source, self.i, self.stack[-1]
+        c = source[i]
+        if context == "single":
+            if c == "'":
+                self.stack.pop()
+            self.take()
+        elif context == "ansi":
+            if c == "\\":
+                self.take(2)
+                return
+            if c == "'":
+                self.stack.pop()
+            self.take()
+        elif context == "double":
+            if c == "\\":
+                self.take(2)
+            elif c == '"':
+                self.stack.pop()
+                self.take()
+            elif source.startswith("$(", i):
+                self.stack.append("sub")
+                self.take(2)
+            elif c == "`":
+                self.stack.append("tick")
+                self.take()
+            else:
+                self.take()
+        else:
+            self.code_char(c)
+
+    def code_char(self, c: str) -> None:
+        source, i, context = self.source, self.i, self.stack[-1]
+        if c == "\\":
+            self.take(2)
+        elif c == "'":
+            self.stack.append("single")
+            self.take()
+        elif source.startswith("$'", i):
+            self.stack.append("ansi")
+            self.take(2)
+        elif c == '"':
+            self.stack.append("double")
+            self.take()
+        elif c == "`":
+            if context == "tick":
+                self.stack.pop()
+            else:
+                self.stack.append("tick")
+            self.take()
+        elif c == "(":
+            self.stack.append("sub")
+            self.take()
+        elif c == ")":
+            if context == "sub":
+                self.stack.pop()
+            self.take()
+        elif c == "#" and (i == 0 or source[i - 1] in " \t\n;&|("):
+            self.comment()
+        elif source.startswith("<<", i) and not source.startswith("<<<", i):
+            self.heredoc_operator()
+        elif c == "\n":
+            self.take()
+            for heredoc in self.pending:
+                self.heredoc_body(heredoc)
+            self.pending.clear()
+        else:
+            self.take()
+
+    def comment(self) -> None:
+        while self.i < len(self.source) and self.source[self.i] != "\n":
+            if not self.jinja():
+                self.take()
+
+    def heredoc_operator(self) -> None:
+        match = _HEREDOC.match(self.source, self.i)
+        if match is None:
+            self.take(2)
+            return
+        delimiter = match.group(2) or match.group(3) or match.group(4) or ""
+        quoted = match.group(4) is None or self.source[match.start() :].lstrip("<-").lstrip(
+            " \t"
+        ).startswith("\\")
+        self.pending.append(_Heredoc(delimiter, quoted, bool(match.group(1))))
+        self.take(match.end() - self.i)
+
+    def heredoc_body(self, heredoc: _Heredoc) -> None:
+        context = f"heredoc:{heredoc.delimiter}" if heredoc.quoted else "expanding-heredoc"
+        while self.i < len(self.source):
+            end = self.source.find("\n", self.i)
+            end = len(self.source) if end < 0 else end
+            line = self.source[self.i : end]
+            if (line.lstrip("\t") if heredoc.strip_tabs else line) == heredoc.delimiter:
+                self.take(end - self.i)
+                return
+            while self.i < end:
+                if not self.jinja(context):
+                    self.take()
+                end = max(end, self.i)
+            if self.i < len(self.source):
+                self.take()  # the newline
+
+
+def filter_call(context: str) -> str:
+    if context.startswith("heredoc:"):
+        delimiter = context.split(":", 1)[1].replace("\\", "\\\\").replace("'", "\\'")
+        return f"stepwise_shell('heredoc', '{delimiter}')"
+    return f"stepwise_shell('{context}')"
+
+
+def rewrite(source: str) -> str:
+    """The template with every `{{ expr }}` routed through the `stepwise_shell` filter."""
+    return _Lexer(source).rewrite()
+
+
+# How a variable is referenced in each context. Code contexts need the double quotes so the
+# value stays one word; inside double quotes or an expanding heredoc the bare reference is
+# already literal; single-quoted text is closed, the quoted reference added, and reopened.
+REFERENCE = {
+    "code": '"${{{name}}}"',
+    "sub": '"${{{name}}}"',
+    "tick": '"${{{name}}}"',
+    "double": "${{{name}}}",
+    "expanding-heredoc": "${{{name}}}",
+    "single": "'\"${{{name}}}\"'",
+    "ansi": "'\"${{{name}}}\"$'",
+}
