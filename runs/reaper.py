@@ -13,6 +13,7 @@ import threading
 from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
+from django_q.brokers import Broker, get_broker
 from django_q.signals import post_spawn
 
 from runs import services
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 _tick = threading.Event()  # never set: a sleep that tools and readers see as a wait
 
 
-def reap() -> dict[str, int]:
+def reap(broker: Broker | None = None) -> dict[str, int]:
     """One pass: take back lost steps, time out overdue runs, re-send lost wake-ups."""
     now = timezone.now()
     counts = {"lost": 0, "timed_out": 0, "requeued": 0, "cancelled": 0}
@@ -41,7 +42,12 @@ def reap() -> dict[str, int]:
             counts["timed_out"] += 1
         elif run.status == RunStatus.CANCELLED:
             counts["cancelled"] += 1
-    counts["requeued"] = services.step_requeue_stalled(older_than=settings.STEPWISE_REQUEUE_AFTER)
+    # A message can only be known lost once the queue has drained: until then, a step that
+    # waits long is just waiting its turn behind others.
+    if (broker or get_broker()).queue_size() == 0:
+        counts["requeued"] = services.step_requeue_stalled(
+            older_than=settings.STEPWISE_REQUEUE_AFTER
+        )
     return counts
 
 
@@ -49,9 +55,10 @@ def _loop() -> None:
     interval = settings.STEPWISE_REAPER_INTERVAL
     # Spread the reapers of many workers over the interval.
     _tick.wait(random.uniform(0, min(interval, 1.0)))  # noqa: S311 - jitter, not security
+    broker = get_broker()
     while True:
         try:
-            counts = reap()
+            counts = reap(broker)
             if any(counts.values()):
                 logger.info("reaper: %s", counts)
         except Exception:

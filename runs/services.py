@@ -609,6 +609,12 @@ class Finish:
     retry_at: Any = None  # when this step is retried, if the worker should wait for it
 
 
+def _attempt_finished(step: Step, result: StepResult, error: str, now: Any) -> None:
+    StepAttempt.objects.filter(step=step, number=step.attempt).update(
+        status=result.status, finished_at=now, exit_code=result.exit_code, error=error
+    )
+
+
 @transaction.atomic
 def step_finish(*, step: Step, worker: str, result: StepResult) -> Finish | None:
     """Records an attempt's result, schedules a retry or ends the step, then advances the run.
@@ -621,9 +627,6 @@ def step_finish(*, step: Step, worker: str, result: StepResult) -> Finish | None
     error = masker.text(result.error)
     outputs = masker.data(dict(result.outputs or {}))
     guard = Q(lease_owner=worker, attempt=step.attempt)
-    StepAttempt.objects.filter(step=step, number=step.attempt).update(
-        status=result.status, finished_at=now, exit_code=result.exit_code, error=error
-    )
     retry_at = None
     retryable = result.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
     if (
@@ -652,6 +655,7 @@ def step_finish(*, step: Step, worker: str, result: StepResult) -> Finish | None
         )
         if not moved:
             return None
+        _attempt_finished(step, result, error, now)
         log_system(
             run_id=run.pk,
             step=step,
@@ -673,6 +677,7 @@ def step_finish(*, step: Step, worker: str, result: StepResult) -> Finish | None
     )
     if not moved:
         return None
+    _attempt_finished(step, result, error, now)
     advance = run_advance(run=run, hold_first=True)
     if advance.queued:
         held = _ready_steps(run.pk).filter(pk=advance.queued[0]).first()

@@ -66,6 +66,7 @@ def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) 
             should_stop=supervisor.should_stop,
             deadline=supervisor.deadline,
             kill_grace=settings.STEPWISE_KILL_GRACE,
+            poll_interval=0.05,  # bounds how stale a buffered log line gets (LogWriter)
             on_tick=supervisor.log.tick,
             on_start=lambda pid: attempt_started(step=step, pid=pid),
         )
