@@ -1,0 +1,40 @@
+"""Roles are Django groups: viewer < operator < author; superusers can do everything."""
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+
+ROLES = ("viewer", "operator", "author")
+
+
+def role_of(user: AbstractBaseUser | AnonymousUser) -> str | None:
+    """The highest role a user holds, or None."""
+    if not user.is_authenticated:
+        return None
+    if user.is_superuser:
+        return "superuser"
+    cached = getattr(user, "_stepwise_groups", None)
+    if cached is None:
+        cached = user._stepwise_groups = set(user.groups.values_list("name", flat=True))
+    names = cached
+    for role in reversed(ROLES):
+        if role in names:
+            return role
+    return None
+
+
+def has_role(user: AbstractBaseUser | AnonymousUser, needed: str) -> bool:
+    role = role_of(user)
+    if role is None:
+        return False
+    if role == "superuser":
+        return True
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+class RolePermission(BasePermission):
+    """Reads need `viewer`; writes need the view's `write_role` (operator by default)."""
+
+    def has_permission(self, request, view) -> bool:
+        if request.method in SAFE_METHODS:
+            return has_role(request.user, "viewer")
+        return has_role(request.user, getattr(view, "write_role", "operator"))

@@ -1,0 +1,102 @@
+"""Tokens and `/me`."""
+
+from datetime import timedelta
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status, viewsets
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.api.idempotency import IdempotentMixin
+from config.api.permissions import role_of
+from config.api.schema import ERRORS
+from config.models import ApiToken
+from config.services import token_create, token_revoke
+
+
+class TokenInput(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    expires_in_days = serializers.IntegerField(min_value=1, max_value=3650, required=False)
+
+
+class TokenOutput(serializers.ModelSerializer):
+    prefix = serializers.CharField(source="token_key")
+    expires_at = serializers.DateTimeField(source="expiry", allow_null=True)
+    created_at = serializers.DateTimeField(source="created")
+
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "prefix", "created_at", "expires_at", "last_used_at"]
+
+
+class NewTokenOutput(TokenOutput):
+    token = serializers.CharField(help_text="The secret, shown only this once.")
+
+    class Meta(TokenOutput.Meta):
+        fields = [*TokenOutput.Meta.fields, "token"]
+
+
+class TokenViewSet(IdempotentMixin, viewsets.GenericViewSet):
+    """Your own API tokens. The secret is shown once, when the token is made."""
+
+    permission_classes = [IsAuthenticated]
+    serializer_class = TokenOutput
+    lookup_value_regex = "[0-9]+"
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no user
+            return ApiToken.objects.none()
+        return ApiToken.objects.filter(user=self.request.user).order_by("-created")
+
+    @extend_schema(summary="List my tokens", responses={200: TokenOutput(many=True), **ERRORS})
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(TokenOutput(page, many=True).data)
+
+    @extend_schema(
+        summary="Create a token", request=TokenInput, responses={201: NewTokenOutput, **ERRORS}
+    )
+    def create(self, request: Request) -> Response:
+        data = TokenInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        days = data.validated_data.get("expires_in_days")
+        token, secret = token_create(
+            user=request.user,
+            name=data.validated_data["name"],
+            expires_in=timedelta(days=days) if days else None,
+        )
+        token.token = secret
+        return Response(NewTokenOutput(token).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(summary="Revoke a token", responses={204: None, **ERRORS})
+    def destroy(self, request: Request, pk: str) -> Response:
+        token_revoke(token=get_object_or_404(self.get_queryset(), pk=pk), user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MeOutput(serializers.Serializer):
+    username = serializers.CharField()
+    email = serializers.CharField()
+    role = serializers.CharField(allow_null=True)
+    is_superuser = serializers.BooleanField()
+    auth = serializers.ChoiceField(choices=["token", "session"])
+
+
+class MeView(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(summary="Who am I", responses={200: MeOutput, **ERRORS})
+    def get(self, request: Request) -> Response:
+        user = request.user
+        return Response(
+            {
+                "username": user.get_username(),
+                "email": user.email,
+                "role": role_of(user),
+                "is_superuser": user.is_superuser,
+                "auth": "token" if isinstance(request.auth, ApiToken) else "session",
+            }
+        )

@@ -1,0 +1,29 @@
+"""FilterSets shared by the runbook list of the API and of the UI."""
+
+import django_filters
+from django.db.models import Q, QuerySet
+
+from runbooks.models import Runbook
+from runs.filters import LABEL_KEY
+
+
+class RunbookFilter(django_filters.FilterSet):
+    q = django_filters.CharFilter(method="filter_q", help_text="Search slug, name, description.")
+    label = django_filters.CharFilter(method="filter_label", help_text="key:value")
+
+    class Meta:
+        model = Runbook
+        fields = ["q", "label"]
+
+    def filter_q(self, queryset: QuerySet[Runbook], name: str, value: str) -> QuerySet[Runbook]:
+        return queryset.filter(
+            Q(slug__icontains=value) | Q(name__icontains=value) | Q(description__icontains=value)
+        )
+
+    def filter_label(self, queryset: QuerySet[Runbook], name: str, value: str) -> QuerySet[Runbook]:
+        key, sep, wanted = value.partition(":")
+        if "__" in key or not LABEL_KEY.fullmatch(key):
+            return queryset.none()
+        if not sep:
+            return queryset.filter(labels__has_key=key)
+        return queryset.filter(**{f"labels__{key}": wanted})

@@ -1,0 +1,195 @@
+"""Input and output shapes of the runs API (DESIGN.md section 5)."""
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from runs.models import Artifact, LogEntry, LogLevel, Run, Step
+
+
+class RunCreateInput(serializers.Serializer):
+    runbook = serializers.SlugField()
+    params = serializers.DictField(required=False, default=dict)
+    title = serializers.CharField(required=False, allow_blank=True, max_length=300, default="")
+    labels = serializers.DictField(child=serializers.CharField(), required=False, default=dict)
+
+
+class RunCancelInput(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class RunRetryInput(serializers.Serializer):
+    params = serializers.DictField(required=False)
+    from_ = serializers.ChoiceField(choices=["start", "failed"], default="start")
+
+    def get_fields(self) -> dict[str, Any]:
+        fields = super().get_fields()
+        fields["from"] = fields.pop("from_")  # `from` is a Python keyword
+        return fields
+
+
+class _RunbookRef(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    version = serializers.IntegerField()
+
+
+class _UserRef(serializers.Serializer):
+    username = serializers.CharField()
+
+
+class _StepCounts(serializers.Serializer):
+    total = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    queued = serializers.IntegerField()
+    running = serializers.IntegerField()
+    waiting = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    timed_out = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+
+
+class _RunError(serializers.Serializer):
+    message = serializers.CharField()
+    step = serializers.CharField(allow_null=True)
+
+
+class RunOutput(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="uuid")
+    url = serializers.SerializerMethodField()
+    runbook = serializers.SerializerMethodField()
+    created_by = serializers.SerializerMethodField()
+    retried_from = serializers.IntegerField(source="retried_from_id", allow_null=True)
+    duration_ms = serializers.IntegerField(allow_null=True)
+    steps = _StepCounts(source="step_counts")
+    current_steps = serializers.ListField(child=serializers.CharField())
+    pending_approval = serializers.SerializerMethodField()
+    error = _RunError(allow_null=True)
+
+    class Meta:
+        model = Run
+        fields = [
+            "number",
+            "id",
+            "url",
+            "runbook",
+            "title",
+            "status",
+            "params",
+            "labels",
+            "created_by",
+            "origin",
+            "retried_from",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "steps",
+            "current_steps",
+            "pending_approval",
+            "outputs",
+            "error",
+            "cancel_reason",
+        ]
+
+    def get_url(self, run: Run) -> str:
+        request = self.context.get("request")
+        path = f"/runs/{run.number}"
+        return request.build_absolute_uri(path) if request else path
+
+    @extend_schema_field(_RunbookRef)
+    def get_runbook(self, run: Run) -> dict[str, Any]:
+        return {"slug": run.runbook.slug, "name": run.runbook.name, "version": run.version.number}
+
+    @extend_schema_field(_UserRef(allow_null=True))
+    def get_created_by(self, run: Run) -> dict[str, str] | None:
+        return {"username": run.created_by.get_username()} if run.created_by else None
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_pending_approval(self, run: Run) -> None:
+        return None  # approval steps arrive with the approvals app
+
+
+class StepOutput(serializers.ModelSerializer):
+    id = serializers.CharField(source="key")
+    duration_ms = serializers.IntegerField(allow_null=True)
+    children = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Step
+        fields = [
+            "number",
+            "id",
+            "name",
+            "kind",
+            "status",
+            "attempt",
+            "max_attempts",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "exit_code",
+            "outputs",
+            "error",
+            "children",
+        ]
+
+    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    def get_children(self, step: Step) -> list[dict[str, Any]]:
+        return StepOutput(step.tree_children, many=True, context=self.context).data
+
+
+class LogOutput(serializers.ModelSerializer):
+    step = serializers.SerializerMethodField()
+    step_id = serializers.SerializerMethodField()
+    level = serializers.SerializerMethodField()
+
+    class Meta:
+        model = LogEntry
+        fields = ["seq", "step", "step_id", "attempt", "timestamp", "level", "stream", "message"]
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_step(self, entry: LogEntry) -> str | None:
+        return entry.step.number if entry.step_id else None
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_step_id(self, entry: LogEntry) -> str | None:
+        return entry.step.key if entry.step_id else None
+
+    @extend_schema_field(serializers.ChoiceField(choices=LogLevel.labels))
+    def get_level(self, entry: LogEntry) -> str:
+        return LogLevel(entry.level).label
+
+
+class ArtifactOutput(serializers.ModelSerializer):
+    step = serializers.CharField(source="step.number")
+    step_id = serializers.CharField(source="step.key")
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Artifact
+        fields = [
+            "id",
+            "step",
+            "step_id",
+            "attempt",
+            "name",
+            "size",
+            "sha256",
+            "created_at",
+            "download_url",
+        ]
+
+    def get_download_url(self, artifact: Artifact) -> str:
+        request = self.context.get("request")
+        path = f"/api/v1/artifacts/{artifact.pk}/download"
+        return request.build_absolute_uri(path) if request else path
+
+
+class OutputsOutput(serializers.Serializer):
+    outputs = serializers.DictField()
+    steps = serializers.DictField(child=serializers.DictField())

@@ -1,0 +1,256 @@
+"""The runs API: start, list, follow, cancel and retry runs; logs, outputs, artifacts."""
+
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from django.http import FileResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.generics import GenericAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from config.api.idempotency import IdempotentMixin
+from config.api.pagination import NewestFirstCursorPagination, PagePagination
+from config.api.permissions import RolePermission
+from config.api.schema import ERRORS
+from config.errors import NotFound, ValidationFailed
+from runbooks.models import Runbook
+from runs import selectors, services
+from runs.api.serializers import (
+    ArtifactOutput,
+    LogOutput,
+    OutputsOutput,
+    RunCancelInput,
+    RunCreateInput,
+    RunOutput,
+    RunRetryInput,
+    StepOutput,
+)
+from runs.filters import RunFilter
+from runs.models import Artifact, LogEntry, LogLevel, Run, Step
+
+
+class RunPagination(PagePagination):
+    """Page numbers with `page`; without it, `cursor` paging that stays stable as runs arrive."""
+
+    def paginate_queryset(self, queryset, request, view=None):
+        if "page" in request.query_params or "cursor" not in request.query_params:
+            self.cursor_mode = False
+            return super().paginate_queryset(queryset, request, view)
+        self.cursor_mode = True
+        self.cursor = NewestFirstCursorPagination()
+        return self.cursor.paginate_queryset(queryset, request, view)
+
+    def get_paginated_response(self, data):
+        if self.cursor_mode:
+            return self.cursor.get_paginated_response(data)
+        return super().get_paginated_response(data)
+
+
+def _run_or_404(number: Any) -> Run:
+    try:
+        return selectors.run_list().get(pk=int(number))
+    except (Run.DoesNotExist, ValueError, TypeError):
+        raise NotFound(f"There is no run #{number}.") from None
+
+
+class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
+    permission_classes = [RolePermission]
+    lookup_field = "number"
+    lookup_value_regex = "[0-9]+"
+    filterset_class = RunFilter
+    pagination_class = RunPagination
+    serializer_class = RunOutput
+
+    def get_queryset(self) -> QuerySet[Run]:
+        return selectors.run_list().order_by("-number")
+
+    def _out(self, run: Run, status_code: int = 200) -> Response:
+        run = selectors.run_summaries([selectors.run_list().get(pk=run.pk)])[0]
+        return Response(RunOutput(run, context={"request": self.request}).data, status=status_code)
+
+    @extend_schema(summary="List runs", responses={200: RunOutput(many=True), **ERRORS})
+    def list(self, request: Request) -> Response:
+        queryset = self.filter_queryset(self.get_queryset())
+        page = selectors.run_summaries(self.paginate_queryset(queryset))
+        return self.get_paginated_response(
+            RunOutput(page, many=True, context={"request": request}).data
+        )
+
+    @extend_schema(summary="Get a run", responses={200: RunOutput, **ERRORS})
+    def retrieve(self, request: Request, number: str) -> Response:
+        return self._out(_run_or_404(number))
+
+    @extend_schema(
+        summary="Start a run", request=RunCreateInput, responses={202: RunOutput, **ERRORS}
+    )
+    def create(self, request: Request) -> Response:
+        data = RunCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        runbook = Runbook.objects.filter(slug=data.validated_data["runbook"]).first()
+        if runbook is None:
+            raise ValidationFailed(
+                "No such runbook.",
+                details={"runbook": [f"no runbook {data.validated_data['runbook']!r}"]},
+            )
+        run = services.run_create(
+            runbook=runbook,
+            params=data.validated_data["params"],
+            user=request.user,
+            origin="api",
+            title=data.validated_data["title"],
+            labels=data.validated_data["labels"],
+        )
+        return self._out(run, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        summary="Cancel a run", request=RunCancelInput, responses={200: RunOutput, **ERRORS}
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, number: str) -> Response:
+        data = RunCancelInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        run = services.run_cancel(
+            run=_run_or_404(number), user=request.user, reason=data.validated_data["reason"]
+        )
+        return self._out(run)
+
+    @extend_schema(
+        summary="Retry a run", request=RunRetryInput, responses={202: RunOutput, **ERRORS}
+    )
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, number: str) -> Response:
+        data = RunRetryInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        run = services.run_retry(
+            run=_run_or_404(number),
+            user=request.user,
+            origin="api",
+            params=data.validated_data.get("params"),
+            mode=data.validated_data["from"],
+        )
+        return self._out(run, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(summary="The step tree", responses={200: StepOutput(many=True), **ERRORS})
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def steps(self, request: Request, number: str) -> Response:
+        run = _run_or_404(number)
+        return Response(StepOutput(step_tree(run), many=True).data)
+
+    @extend_schema(
+        summary="Log lines",
+        parameters=[
+            OpenApiParameter("after", int, description="Only lines with a greater seq."),
+            OpenApiParameter("level", str, enum=LogLevel.labels, description="Minimum level."),
+            OpenApiParameter("step", str, description="A step's id or number."),
+            OpenApiParameter("limit", int, description="At most this many lines (max 5000)."),
+        ],
+        responses={200: LogOutput(many=True), **ERRORS},
+    )
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def logs(self, request: Request, number: str) -> Response:
+        run = _run_or_404(number)
+        entries, next_after = log_page(run, request.query_params)
+        next_url = None
+        if next_after is not None:
+            query = request.query_params.copy()
+            query["after"] = str(next_after)
+            next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+        return Response({"next": next_url, "results": LogOutput(entries, many=True).data})
+
+    @extend_schema(summary="Run and step outputs", responses={200: OutputsOutput, **ERRORS})
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def outputs(self, request: Request, number: str) -> Response:
+        run = _run_or_404(number)
+        steps = run.steps.exclude(outputs={}).order_by("position").values_list("key", "outputs")
+        return Response({"outputs": run.outputs, "steps": dict(steps)})
+
+    @extend_schema(summary="Artifacts", responses={200: ArtifactOutput(many=True), **ERRORS})
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def artifacts(self, request: Request, number: str) -> Response:
+        run = _run_or_404(number)
+        artifacts = Artifact.objects.filter(run=run).select_related("step").order_by("pk")
+        return Response(ArtifactOutput(artifacts, many=True, context={"request": request}).data)
+
+
+def step_tree(run: Run) -> list[Step]:
+    steps = list(run.steps.order_by("position"))
+    for step in steps:
+        step.tree_children = []
+    by_pk = {step.pk: step for step in steps}
+    roots = []
+    for step in steps:
+        (by_pk[step.parent_id].tree_children if step.parent_id else roots).append(step)
+    return roots
+
+
+MAX_LOG_LINES = 5000
+
+
+def log_page(run: Run, query: Any) -> tuple[list[LogEntry], int | None]:
+    """A page of log lines after a seq; returns the lines and the seq to continue after."""
+    errors: dict[str, list[str]] = {}
+    entries = LogEntry.objects.filter(run=run).select_related("step").order_by("seq")
+    after = query.get("after")
+    if after not in (None, ""):
+        if not str(after).isdigit():
+            errors["after"] = ["must be a log seq (a whole number)"]
+        else:
+            entries = entries.filter(seq__gt=int(after))
+    level = query.get("level")
+    if level:
+        if level not in LogLevel.labels:
+            errors["level"] = [f"must be one of {', '.join(LogLevel.labels)}"]
+        else:
+            entries = entries.filter(level__gte=LogLevel[level.upper()].value)
+    step = query.get("step")
+    if step:
+        entries = entries.filter(Q(step__key=step) | Q(step__number=step))
+        if not run.steps.filter(Q(key=step) | Q(number=step)).exists():
+            errors["step"] = [f"run #{run.number} has no step {step!r}"]
+    limit = query.get("limit", "1000")
+    if not str(limit).isdigit() or not 1 <= int(limit) <= MAX_LOG_LINES:
+        errors["limit"] = [f"must be a whole number from 1 to {MAX_LOG_LINES}"]
+    if errors:
+        raise ValidationFailed("Some query parameters are not valid.", details=errors)
+    page = list(entries[: int(limit) + 1])
+    more = len(page) > int(limit)
+    page = page[: int(limit)]
+    return page, (page[-1].seq if more else None)
+
+
+class ArtifactDownloadView(GenericAPIView):
+    permission_classes = [RolePermission]
+
+    @extend_schema(
+        summary="Download an artifact",
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, **ERRORS},
+    )
+    def get(self, request: Request, pk: int) -> FileResponse:
+        artifact = get_object_or_404(Artifact, pk=pk)
+        return FileResponse(
+            artifact.file.open("rb"), as_attachment=True, filename=artifact.name.rsplit("/", 1)[-1]
+        )
+
+
+class StatsQuery(serializers.Serializer):
+    period = serializers.ChoiceField(choices=list(selectors.PERIODS), default="week")
+    runbook = serializers.SlugField(required=False)
+
+
+class StatsView(GenericAPIView):
+    permission_classes = [RolePermission]
+
+    @extend_schema(
+        summary="Run statistics",
+        parameters=[StatsQuery],
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        query = StatsQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(selectors.run_stats(**query.validated_data))

@@ -1,0 +1,95 @@
+"""Reads of runs that span relations: step counts and current steps for a page of runs."""
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import timedelta
+
+from django.db.models import Count, QuerySet
+from django.utils import timezone
+
+from runs.models import Run, Step
+from runs.state import RUN_TERMINAL, RunStatus, StepStatus
+
+
+def run_list() -> QuerySet[Run]:
+    return Run.objects.select_related("runbook", "version", "created_by", "retried_from")
+
+
+def run_summaries(runs: Iterable[Run]) -> list[Run]:
+    """Attaches `step_counts` and `current_steps` to each run, in two queries for any page."""
+    runs = list(runs)
+    counts: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(StepStatus.values, 0))
+    current: dict[int, list[str]] = defaultdict(list)
+    pks = [run.pk for run in runs]
+    if pks:
+        rows = (
+            Step.objects.leaves()
+            .filter(run_id__in=pks)
+            .values_list("run_id", "status")
+            .annotate(n=Count("id"))
+            .order_by()
+        )
+        for run_id, status, n in rows:
+            counts[run_id][status] = n
+        active = (
+            Step.objects.leaves()
+            .filter(run_id__in=pks, status__in=[StepStatus.RUNNING, StepStatus.WAITING])
+            .order_by("position")
+            .values_list("run_id", "number")
+        )
+        for run_id, number in active:
+            current[run_id].append(number)
+    for run in runs:
+        tally = counts[run.pk]
+        run.step_counts = {"total": sum(tally.values()), **tally}
+        run.current_steps = current[run.pk]
+    return runs
+
+
+PERIODS = {"day": 1, "week": 7, "month": 30}
+
+
+def _percentile(sorted_values: list[int], fraction: float) -> int | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def run_stats(*, period: str, runbook: str | None = None) -> dict:
+    """Totals by status, success rate, duration percentiles and a daily breakdown."""
+    now = timezone.now()
+    since = now - timedelta(days=PERIODS[period])
+    runs = Run.objects.filter(created_at__gte=since)
+    if runbook:
+        runs = runs.filter(runbook__slug=runbook)
+    totals = dict.fromkeys(RunStatus.values, 0)
+    daily: dict[str, dict[str, int]] = {}
+    durations: list[int] = []
+    for status, created, started, finished in runs.values_list(
+        "status", "created_at", "started_at", "finished_at"
+    ).iterator():
+        totals[status] += 1
+        day = daily.setdefault(created.date().isoformat(), dict.fromkeys(RunStatus.values, 0))
+        day[status] += 1
+        if started and finished and status in RUN_TERMINAL:
+            durations.append(int((finished - started).total_seconds() * 1000))
+    durations.sort()
+    finished_count = sum(totals[s] for s in RUN_TERMINAL)
+    first_day = since.date()
+    breakdown = []
+    for offset in range(PERIODS[period] + 1):
+        date = (first_day + timedelta(days=offset)).isoformat()
+        counts = daily.get(date, dict.fromkeys(RunStatus.values, 0))
+        breakdown.append({"date": date, "total": sum(counts.values()), **counts})
+    return {
+        "period": period,
+        "since": since,
+        "until": now,
+        "runbook": runbook,
+        "total": sum(totals.values()),
+        "by_status": totals,
+        "success_rate": (totals[RunStatus.SUCCEEDED] / finished_count) if finished_count else None,
+        "duration_ms": {"p50": _percentile(durations, 0.5), "p95": _percentile(durations, 0.95)},
+        "daily": breakdown,
+    }
