@@ -133,7 +133,14 @@ LOGIN_URL = "/admin/login/"
 # --- Security -------------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE = PRODUCTION
-SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=PRODUCTION)
+# Behind a proxy that terminates TLS, trust its X-Forwarded-Proto header.
+if env.bool("STEPWISE_BEHIND_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# HSTS is off unless asked for: once browsers cache it, a mistake cannot be undone
+# (docs/running.md). With it off we silence Django's reminder on purpose.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SILENCED_SYSTEM_CHECKS = ["security.W004"] if SECURE_HSTS_SECONDS == 0 else []
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
