@@ -27,6 +27,7 @@ else:
 
 DEBUG = env.bool("DEBUG", default=False)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "config.api.errors.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -3,7 +3,9 @@
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.csrf import csrf_failure as django_csrf_failure
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -70,7 +72,16 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     return response
 
 
+@csrf_exempt  # it changes nothing, so a POST to a wrong path gets a 404, not a CSRF page
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     """404 for paths under /api/ that match no route."""
     body = error_body("not-found", f"No such endpoint: {request.path}")
     return JsonResponse(body, status=status.HTTP_404_NOT_FOUND)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A session POST without a CSRF token: JSON under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        body = error_body("permission-denied", f"CSRF check failed: {reason}")
+        return JsonResponse(body, status=status.HTTP_403_FORBIDDEN)
+    return django_csrf_failure(request, reason=reason)
