@@ -460,7 +460,8 @@ def _stop_if_idle(
             reason=reason,
             finished_at=timezone.now(),
         )
-    if any(step.status in STEP_ACTIVE for step in steps.values()):
+    # Groups stay running until closed below; only leaves hold processes or approvals.
+    if any(step.status in STEP_ACTIVE for step in steps.values() if not step.is_group):
         return
     group_status = StepStatus.CANCELLED if status == RunStatus.CANCELLED else StepStatus.FAILED
     for decision in engine.close_groups(top, group_status, reason):

@@ -284,6 +284,35 @@ def test_cancel_mid_step_kills_the_process_and_cancels_the_rest(make_runbook, us
     assert (event.actor, event.message) == (user, "wrong service")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_cancel_inside_a_parallel_group_closes_the_group_and_the_run(make_runbook, user):
+    runbook = make_runbook(
+        """
+        slug: cancel-group
+        name: Cancel a group
+        steps:
+          - id: fan
+            parallel: true
+            steps:
+              - {id: quick, shell: 'true'}
+              - {id: slow, shell: 'echo "pid=$$"; sleep 300'}
+          - {id: after, shell: echo after}
+        """
+    )
+    run = start(runbook)
+    worker = threading.Thread(target=drain, args=(run,))
+    worker.start()
+    line = wait_for(lambda: LogEntry.objects.filter(run=run, message__startswith="pid=").first())
+    run_cancel(run=Run.objects.get(pk=run.pk), user=user, reason="stop")
+    worker.join(timeout=30)
+    run.refresh_from_db()
+    tree = steps(run)
+    assert run.status == "cancelled"
+    assert tree["fan"].status == "cancelled" and tree["slow"].status == "cancelled"
+    assert tree["after"].status == "cancelled"
+    assert not pid_alive(int(line.message.split("=")[1]))
+
+
 def test_cancel_refuses_a_finished_run(make_runbook, user):
     run = drain(start(make_runbook("slug: quick\nname: Quick\nsteps: [{id: a, shell: 'true'}]")))
     with pytest.raises(Conflict, match="only active runs"):
