@@ -249,4 +249,8 @@ SPECTACULAR_SETTINGS = {
 # STEPWISE_CACHE is a redis:// URL.
 CACHES = {
     "default": env.cache_url("STEPWISE_CACHE", default="dbcache://stepwise_cache"),
+    # django-q2 writes its cluster status to a cache twice a second; kept in memory so an
+    # idle cluster does not write to the database.
+    "cluster-status": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
 }
+Q_CLUSTER["cache"] = "cluster-status"
