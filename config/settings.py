@@ -96,9 +96,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(SQLITE_OPTIONS)
     # Tests run workers in other processes, so the test database must be a file they can open.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-stepwise.sqlite3")}
-else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
-    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# Persistent connections, SQLite included: django-q2 calls close_old_connections() on every
+# broker poll, and reopening SQLite each time (PRAGMAs and all) was most of an idle
+# cluster's CPU (docs/benchmarks.md).
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=600))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -161,7 +163,7 @@ Q_CLUSTER = {
     "retry": STEPWISE_MAX_STEP_SECONDS + 120,
     "max_attempts": 1,
     "ack_failures": True,
-    "save_limit": 100,
+    "save_limit": -1,  # results are never read; failed tasks are still kept
     "queue_limit": 4,
     "poll": env.float("STEPWISE_BROKER_POLL", default=0.05),
     "catch_up": False,
@@ -182,6 +184,8 @@ else:
 STEPWISE_LEASE_SECONDS = env.float("STEPWISE_LEASE_SECONDS", default=30)
 STEPWISE_REAPER_INTERVAL = env.float("STEPWISE_REAPER_INTERVAL", default=5)
 STEPWISE_REQUEUE_AFTER = env.float("STEPWISE_REQUEUE_AFTER", default=60)
+# A fan-out wakes at most this many workers; they keep claiming the group's ready steps.
+STEPWISE_FANOUT_WAKEUPS = env.int("STEPWISE_FANOUT_WAKEUPS", default=8)
 STEPWISE_INLINE_RETRY_WAIT = env.float("STEPWISE_INLINE_RETRY_WAIT", default=15)
 STEPWISE_KILL_GRACE = env.float("STEPWISE_KILL_GRACE", default=5)
 STEPWISE_WORK_DIR = Path(env.str("STEPWISE_WORK_DIR", default=str(VAR_DIR / "work")))
@@ -227,6 +231,8 @@ REST_FRAMEWORK = {
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
+# knox's own token table is never used (ours replaces it) and its migrations would make it.
+MIGRATION_MODULES = {"knox": None}
 KNOX_TOKEN_MODEL = "core.ApiToken"  # noqa: S105 - a model name, not a secret
 REST_KNOX = {
     "AUTH_HEADER_PREFIX": "Bearer",

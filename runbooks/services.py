@@ -110,12 +110,17 @@ def runbook_archive(*, runbook: Runbook, user: AbstractBaseUser | None) -> Runbo
 
 @lru_cache(maxsize=256)
 def _definition_for_version(version_pk: int, checksum: str) -> RunbookDefinition:
+    # The checksum is part of the key because SQLite may reuse the primary key of a version
+    # whose transaction rolled back.
     definition = RunbookVersion.objects.values_list("definition", flat=True).get(pk=version_pk)
     return parse_definition(definition)
 
 
 def version_definition(version: RunbookVersion) -> RunbookDefinition:
-    """The parsed definition of a version, cached: versions never change."""
+    """The parsed definition of a version, cached: versions never change.
+
+    Only `pk` and `checksum` are read, so callers may defer the heavy columns.
+    """
     return _definition_for_version(version.pk, version.checksum)
 
 

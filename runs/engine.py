@@ -102,13 +102,17 @@ class _Planner:
 
     def walk(self, group: Node) -> None:
         """Starts what is ready inside a running group and ends the group when it is done."""
+        # Only visiting a child changes its status, so one scan up front and a check after
+        # each visit keep this linear in the group's width.
+        stopped = any(child.blocks for child in group.children)
         for child in group.children:
-            if any(sibling.blocks for sibling in group.children):
+            if stopped:
                 # Stopped by a failure: start nothing new, but let running subgroups go on.
                 if child.is_group and child.status == StepStatus.RUNNING:
                     self.walk(child)
                 continue
             self.visit(child)
+            stopped = child.blocks
             if not group.parallel and child.status not in STEP_TERMINAL:
                 break
         self.maybe_finish(group)

@@ -100,8 +100,11 @@ class Supervisor:
     deadline_reason: str
     log: LogWriter
     stop_reason: str | None = None
-    _next_check: float = 0.0
-    _next_heartbeat: float = field(default_factory=time.monotonic)
+    # The claim has just taken a fresh lease, so the first checks can wait.
+    _next_check: float = field(default_factory=lambda: time.monotonic() + 0.5)
+    _next_heartbeat: float = field(
+        default_factory=lambda: time.monotonic() + settings.STEPWISE_LEASE_SECONDS / 3
+    )
 
     def should_stop(self) -> str | None:
         """Polled by executors; returns "cancelled" or "lost" once the step must stop."""

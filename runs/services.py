@@ -19,7 +19,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files import File
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidTransition, ValidationFailed
@@ -317,13 +317,18 @@ def _nodes(run: Run) -> tuple[list[engine.Node], dict[int, Step]]:
     return top, steps
 
 
-def template_context(run: Run, steps: Iterable[Step] | None = None) -> dict[str, Any]:
-    """What templates see: params (secrets included), steps' outputs and statuses, the run."""
+def template_context(
+    run: Run, steps: Iterable[tuple[str, str, dict]] | None = None
+) -> dict[str, Any]:
+    """What templates see: params (secrets included), steps' outputs and statuses, the run.
+
+    `steps` are (key, status, outputs) rows; by default they are read from the database.
+    """
     if steps is None:
-        steps = run.steps.all()
+        steps = run.steps.values_list("key", "status", "outputs")
     return {
         "params": {**run.params, **secrets.unseal(run.sealed_secrets)},
-        "steps": {step.key: {"status": step.status, "outputs": step.outputs} for step in steps},
+        "steps": {key: {"status": status, "outputs": outputs} for key, status, outputs in steps},
         "run": {
             "number": run.number,
             "id": str(run.uuid),
@@ -336,13 +341,21 @@ def _masker(run: Run) -> secrets.Masker:
     return secrets.Masker(secrets.unseal(run.sealed_secrets).values())
 
 
+VERSION_HEAVY = ("definition", "source")  # what the engine never reads from a version row
+
+
 def _lock(run: Run) -> Run:
-    return Run.objects.select_for_update(of=("self",)).select_related("created_by").get(pk=run.pk)
+    return (
+        Run.objects.select_for_update(of=("self",))
+        .select_related("created_by", "version")
+        .defer(*(f"version__{name}" for name in VERSION_HEAVY))
+        .get(pk=run.pk)
+    )
 
 
 def _render_run_outputs(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
     definition = version_definition(run.version)
-    context = template_context(run, steps)
+    context = template_context(run, [(s.key, s.status, s.outputs) for s in steps])
     masker = _masker(run)
     return {
         name: masker.text(templating.render(template, context))
@@ -385,13 +398,15 @@ class Advance:
     queued: list[int]  # steps that became ready, in outline order
 
 
-def run_advance(*, run: Run, hold_first: bool = False) -> Advance:
+def run_advance(*, run: Run, hold_first: bool = False, locked: bool = False) -> Advance:
     """Starts what is ready, ends what is done. Call inside a transaction.
 
     With `hold_first`, the first ready step is not sent to the queue: the calling worker
-    claims it itself, saving a queue round trip per step of a sequential chain.
+    claims it itself, saving a queue round trip per step of a sequential chain. `locked`
+    says the caller already holds the run's row lock (and a fresh copy of the run).
     """
-    run = _lock(run)
+    if not locked:
+        run = _lock(run)
     if run.is_terminal:
         return Advance(queued=[])
     top, steps = _nodes(run)
@@ -407,7 +422,7 @@ def run_advance(*, run: Run, hold_first: bool = False) -> Advance:
     def condition_holds(node: engine.Node) -> bool:
         nonlocal context
         if context is None:
-            context = template_context(run, steps.values())
+            context = template_context(run, [(s.key, s.status, s.outputs) for s in steps.values()])
         # Statuses decided earlier in this same plan are visible to later conditions.
         for pk, step in steps.items():
             context["steps"][step.key]["status"] = nodes_by_pk[pk].status
@@ -445,7 +460,10 @@ def run_advance(*, run: Run, hold_first: bool = False) -> Advance:
             Run.objects.filter(pk=run.pk).update(started_at=run.started_at)
         _finish_run(run, steps, outcome.failed_step)
     queued.sort(key=lambda pk: steps[pk].position)
-    _enqueue(run.pk, queued[1:] if hold_first else queued)
+    # Workers that wake for a fan-out keep claiming its ready steps (runner.work), so a few
+    # messages serve a group of any width; the reaper re-sends any that get lost.
+    wake = queued[1:] if hold_first else queued
+    _enqueue(run.pk, wake[: settings.STEPWISE_FANOUT_WAKEUPS])
     return Advance(queued=queued)
 
 
@@ -536,7 +554,8 @@ def _claim(step: Step, worker: str) -> bool:
     claimed = step_transition(
         step=step,
         to=StepStatus.RUNNING,
-        attempt=F("attempt") + 1,
+        guard=Q(attempt=step.attempt),
+        attempt=step.attempt + 1,
         lease_owner=worker,
         lease_expires_at=_lease_until(),
         started_at=step.started_at or now,
@@ -545,7 +564,6 @@ def _claim(step: Step, worker: str) -> bool:
     )
     if not claimed:
         return False
-    step.refresh_from_db(fields=["attempt"])
     StepAttempt.objects.create(
         step=step, number=step.attempt, worker=worker, status=StepStatus.RUNNING, started_at=now
     )
@@ -559,7 +577,8 @@ def _ready_steps(run_pk: int) -> Any:
     return (
         Step.objects.filter(run_id=run_pk, status=StepStatus.QUEUED)
         .filter(Q(not_before__isnull=True) | Q(not_before__lte=timezone.now()))
-        .select_related("run")
+        .select_related("run__created_by", "run__version")
+        .defer(*(f"run__version__{name}" for name in VERSION_HEAVY))
         .order_by("position")
     )
 
@@ -608,6 +627,16 @@ class StepResult:
 class Finish:
     next_step: Step | None = None  # the next ready step, already claimed for this worker
     retry_at: Any = None  # when this step is retried, if the worker should wait for it
+
+
+def _siblings_still_running(step: Step) -> bool:
+    if step.parent_id is None:
+        return False
+    return (
+        Step.objects.filter(parent_id=step.parent_id, parent__parallel=True, status__in=STEP_ACTIVE)
+        .exclude(pk=step.pk)
+        .exists()
+    )
 
 
 def _attempt_finished(step: Step, result: StepResult, error: str, now: Any) -> None:
@@ -679,7 +708,11 @@ def step_finish(*, step: Step, worker: str, result: StepResult) -> Finish | None
     if not moved:
         return None
     _attempt_finished(step, result, error, now)
-    advance = run_advance(run=run, hold_first=True)
+    if _siblings_still_running(step):
+        # While a parallel sibling is active nothing can start or end: the last sibling to
+        # finish plans the group's next move. Saves planning a wide fan-out once per step.
+        return Finish()
+    advance = run_advance(run=run, hold_first=True, locked=True)
     if advance.queued:
         held = _ready_steps(run.pk).filter(pk=advance.queued[0]).first()
         if held is not None and _claim(held, worker):
