@@ -165,7 +165,7 @@ Q_CLUSTER = {
     "ack_failures": True,
     "save_limit": -1,  # results are never read; failed tasks are still kept
     "queue_limit": 4,
-    "poll": env.float("STEPWISE_BROKER_POLL", default=0.05),
+    "poll": env.float("STEPWISE_BROKER_POLL", default=0.1),
     "catch_up": False,
     "label": "Task queue",
 }
