@@ -159,8 +159,10 @@ Q_CLUSTER = {
     "name": "stepwise",
     "workers": env.int("STEPWISE_WORKERS", default=4),
     "recycle": 500,
-    "timeout": STEPWISE_MAX_STEP_SECONDS + 60,
-    "retry": STEPWISE_MAX_STEP_SECONDS + 120,
+    # One task runs a chain of steps (runs.runner.work) and stops chaining once it has run
+    # for STEPWISE_MAX_STEP_SECONDS, so twice that bounds it.
+    "timeout": 2 * STEPWISE_MAX_STEP_SECONDS + 60,
+    "retry": 2 * STEPWISE_MAX_STEP_SECONDS + 120,
     "max_attempts": 1,
     "ack_failures": True,
     "save_limit": -1,  # results are never read; failed tasks are still kept
@@ -190,7 +192,6 @@ STEPWISE_INLINE_RETRY_WAIT = env.float("STEPWISE_INLINE_RETRY_WAIT", default=15)
 STEPWISE_KILL_GRACE = env.float("STEPWISE_KILL_GRACE", default=5)
 STEPWISE_WORK_DIR = Path(env.str("STEPWISE_WORK_DIR", default=str(VAR_DIR / "work")))
 STEPWISE_SHELL_PATH = env.str("STEPWISE_SHELL_PATH", default="/usr/local/bin:/usr/bin:/bin")
-STEPWISE_BASE_URL = env.str("STEPWISE_BASE_URL", default="http://127.0.0.1:8000")
 
 LOGGING = {
     "version": 1,

@@ -429,7 +429,12 @@ class RunbookDefinition(_Model):
         Parsing it gives an equal definition. Durations come out as seconds. Hash it with
         `json.dumps(..., sort_keys=True)`: mapping order is kept as written.
         """
-        return self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        data = self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        # `required` depends on whether a default is given, so a `required: true` that equals
+        # the field default must still be written out, or parsing it back would flip it.
+        for param, dumped in zip(self.params, data.get("params", []), strict=True):
+            dumped["required"] = param.required
+        return data
 
 
 def _numbered(steps: list[Any], parent: str | None, depth: int) -> Iterator[NumberedStep]:

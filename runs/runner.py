@@ -20,7 +20,7 @@ from runbooks.services import version_steps
 from runs import services, templating
 from runs.executors import http, shell, sleep
 from runs.models import LogEntry, LogLevel, Step
-from runs.secrets import Masker, unseal
+from runs.secrets import Masker, SecretsUnreadable, unseal
 from runs.state import StepStatus
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,14 @@ def execute(step: Step, worker: str) -> services.Finish | None:
     """Runs one claimed attempt of a leaf step and records its result."""
     run = step.run
     spec = version_steps(run.version)[step.key]
-    masker = Masker(unseal(run.sealed_secrets).values())
+    try:
+        masker = Masker(unseal(run.sealed_secrets).values())
+    except SecretsUnreadable as error:
+        log = LogWriter(step, Masker([]))
+        log.system(str(error), level=LogLevel.ERROR)
+        log.flush()
+        result = services.StepResult(status=StepStatus.FAILED, error=str(error), retryable=False)
+        return services.step_finish(step=step, worker=worker, result=result)
     log = LogWriter(step, masker)
     deadline, deadline_reason = _deadline(step, spec)
     supervisor = Supervisor(step, worker, deadline, deadline_reason, log)
@@ -154,7 +161,10 @@ def execute(step: Step, worker: str) -> services.Finish | None:
         executor = {"shell": shell.execute, "http": http.execute, "sleep": sleep.execute}[step.kind]
         result = executor(step=step, spec=spec, context=context, supervisor=supervisor)
     except templating.RenderError as error:
-        result = services.StepResult(status=StepStatus.FAILED, error=f"template error: {error}")
+        # The same inputs render the same way: retrying cannot help.
+        result = services.StepResult(
+            status=StepStatus.FAILED, error=f"template error: {error}", retryable=False
+        )
     except Exception as error:
         logger.exception("step %s of run %s crashed", step.key, run.pk)
         result = services.StepResult(
@@ -164,9 +174,9 @@ def execute(step: Step, worker: str) -> services.Finish | None:
         log.system("lease lost: another worker took this step over; stopping", level=LogLevel.ERROR)
         log.flush()
         return None
-    ended = result.status if not result.error else f"{result.status}: {result.error}"
+    ended = result.status.replace("_", " ") + (f": {result.error}" if result.error else "")
     level = LogLevel.SYSTEM if result.status == StepStatus.SUCCEEDED else LogLevel.ERROR
-    log.system(f"step {step.number} {step.key} {ended.replace('_', ' ')}", level=level)
+    log.system(f"step {step.number} {step.key} {ended}", level=level)
     log.flush()
     return services.step_finish(step=step, worker=worker, result=result)
 
@@ -182,12 +192,17 @@ def _wait_until(when: datetime, step: Step) -> None:
 def work(run_pk: int, step_pk: int | None = None) -> int:
     """Claims and runs ready steps of a run until there are none; returns how many ran."""
     worker = worker_id()
+    started = time.monotonic()
     done = 0
     step = services.step_claim(run_pk=run_pk, worker=worker, prefer=step_pk)
     while step is not None:
         finish = execute(step, worker)
         done += 1
         if finish is None:
+            break
+        if time.monotonic() - started > settings.STEPWISE_MAX_STEP_SECONDS:
+            # The queue kills a task at twice this; hand the rest of the chain to a new one.
+            services.step_hand_over(run_pk=run_pk, held=finish.next_step)
             break
         if finish.next_step is not None:
             step = finish.next_step

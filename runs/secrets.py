@@ -9,9 +9,12 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from urllib.parse import quote
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
+
+from config.errors import DomainError
 
 MASK = "***"
 
@@ -27,10 +30,23 @@ def seal(values: Mapping[str, object]) -> str:
     return _fernet().encrypt(json.dumps(dict(values)).encode()).decode()
 
 
+class SecretsUnreadable(DomainError):
+    """The sealed secrets were made with another SECRET_KEY."""
+
+    code = "conflict"
+    status = 409
+
+
 def unseal(token: str) -> dict[str, object]:
     if not token:
         return {}
-    return json.loads(_fernet().decrypt(token.encode()))
+    try:
+        return json.loads(_fernet().decrypt(token.encode()))
+    except InvalidToken:
+        raise SecretsUnreadable(
+            "This run's secret params cannot be decrypted: SECRET_KEY changed since it started."
+            " Start a new run with the secrets given again."
+        ) from None
 
 
 class Masker:
@@ -38,6 +54,9 @@ class Masker:
 
     def __init__(self, secrets: Iterable[object]) -> None:
         values = {str(value) for value in secrets if value not in (None, "")}
+        # Also the forms a value takes inside URLs and JSON, where it is logged that way.
+        values |= {quote(value, safe="") for value in values}
+        values |= {json.dumps(value)[1:-1] for value in values}
         # Longest first, so a secret containing another is masked whole.
         self._values = sorted(values, key=len, reverse=True)
 

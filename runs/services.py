@@ -8,6 +8,7 @@ steps at the same instant cannot both miss that their group is done.
 
 import hashlib
 import logging
+import os
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -246,17 +247,13 @@ def _reuse_succeeded_steps(run: Run, source: Run) -> None:
     }
     for step in run.steps.leaves().filter(key__in=done):
         outputs, started, finished = done[step.key]
-        # A reused result is a plain status write at creation time, not a transition a worker
-        # made: the step never ran in this run.
-        Step.objects.filter(pk=step.pk).update(
-            status=StepStatus.SUCCEEDED, outputs=outputs, started_at=started, finished_at=finished
-        )
-        RunEvent.objects.create(
-            run=run,
+        step_transition(
             step=step,
-            from_status=StepStatus.PENDING,
-            to_status=StepStatus.SUCCEEDED,
-            message=f"reused the result from run #{source.number}",
+            to=StepStatus.SUCCEEDED,
+            reason=f"reused the result from run #{source.number}",
+            outputs=outputs,
+            started_at=started,
+            finished_at=finished,
         )
 
 
@@ -338,7 +335,11 @@ def template_context(
 
 
 def _masker(run: Run) -> secrets.Masker:
-    return secrets.Masker(secrets.unseal(run.sealed_secrets).values())
+    try:
+        return secrets.Masker(secrets.unseal(run.sealed_secrets).values())
+    except secrets.SecretsUnreadable:
+        # Nothing can print what nothing can decrypt; the step fails with the reason.
+        return secrets.Masker([])
 
 
 VERSION_HEAVY = ("definition", "source")  # what the engine never reads from a version row
@@ -621,6 +622,7 @@ class StepResult:
     exit_code: int | None = None
     outputs: Mapping[str, Any] | None = None
     error: str = ""
+    retryable: bool = True  # False when another attempt would fail the same way
 
 
 @dataclass(frozen=True)
@@ -658,7 +660,7 @@ def step_finish(*, step: Step, worker: str, result: StepResult) -> Finish | None
     outputs = masker.data(dict(result.outputs or {}))
     guard = Q(lease_owner=worker, attempt=step.attempt)
     retry_at = None
-    retryable = result.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
+    retryable = result.retryable and result.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
     if (
         retryable
         and step.attempt < step.max_attempts
@@ -771,7 +773,8 @@ def step_reclaim_lost(*, step: Step) -> bool:
         status=StepStatus.FAILED, finished_at=now, error="worker lost"
     )
     guard = Q(lease_owner=step.lease_owner, attempt=step.attempt)
-    if step.attempt < step.max_attempts and run.status in RUN_ACTIVE:
+    overdue = run.deadline is not None and now >= run.deadline
+    if step.attempt < step.max_attempts and run.status in RUN_ACTIVE and not overdue:
         moved = step_transition(
             step=step,
             to=StepStatus.QUEUED,
@@ -805,14 +808,50 @@ def step_reclaim_lost(*, step: Step) -> bool:
     return moved
 
 
+@transaction.atomic
+def step_hand_over(*, run_pk: int, held: Step | None) -> None:
+    """Gives a step this worker claimed but will not run back to the queue."""
+    if held is None:
+        return
+    claimed_attempt = held.attempt
+    if step_transition(
+        step=held,
+        to=StepStatus.QUEUED,
+        reason="handed over to another worker",
+        guard=Q(attempt=claimed_attempt),
+        attempt=claimed_attempt - 1,  # the claim is undone: that attempt never started
+        lease_owner="",
+        lease_expires_at=None,
+        enqueued_at=timezone.now(),
+    ):
+        StepAttempt.objects.filter(step=held, number=claimed_attempt).delete()
+        _enqueue(run_pk, [held.pk])
+
+
+def step_wake_due() -> int:
+    """Sends queue messages for steps that became ready without one (long retry delays)."""
+    now = timezone.now()
+    rows = list(
+        Step.objects.filter(
+            status=StepStatus.QUEUED, enqueued_at__isnull=True, not_before__lte=now
+        ).values_list("pk", "run_id")[:500]
+    )
+    for pk, run_pk in rows:
+        if Step.objects.filter(pk=pk, status=StepStatus.QUEUED, enqueued_at__isnull=True).update(
+            enqueued_at=now
+        ):
+            with transaction.atomic():
+                _enqueue(run_pk, [pk])
+    return len(rows)
+
+
 def step_requeue_stalled(*, older_than: float) -> int:
     """Wakes workers again for queued steps whose message may have been lost."""
     now = timezone.now()
     stale = now - timedelta(seconds=older_than)
     rows = list(
-        Step.objects.filter(status=StepStatus.QUEUED)
+        Step.objects.filter(status=StepStatus.QUEUED, enqueued_at__lte=stale)
         .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
-        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lte=stale))
         .values_list("pk", "run_id")[:500]
     )
     for pk, run_pk in rows:
@@ -829,10 +868,13 @@ def artifacts_store(*, step: Step, files: list[tuple[str, Path]]) -> list[Artifa
     """Copies the files a step left in $STEPWISE_ARTIFACTS into storage."""
     stored = []
     for name, path in files:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        try:
+            # Never follow a link: the step's processes could swap a file for one after listing.
+            handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+        except OSError:
+            continue
+        with handle:
+            digest = hashlib.file_digest(handle, "sha256")
             handle.seek(0)
             artifact = Artifact(
                 run_id=step.run_id,

@@ -107,13 +107,27 @@ class _Lexer:
                 self.take()
             else:
                 self.take()
+        elif context == "arith-paren":
+            if c == ")":
+                self.stack.pop()
+            elif c == "(":
+                self.stack.append("arith-paren")
+            self.take()
         else:
             self.code_char(c)
 
     def code_char(self, c: str) -> None:
         source, i, context = self.source, self.i, self.stack[-1]
-        if c == "\\":
+        if context == "arith":
+            self.arith_char(c)
+        elif c == "\\":
             self.take(2)
+        elif source.startswith("$((", i) or (
+            source.startswith("((", i) and (i == 0 or source[i - 1] in " \t\n;&|")
+        ):
+            # Arithmetic: `<<` there is a shift, not a heredoc.
+            self.stack.append("arith")
+            self.take(3 if c == "$" else 2)
         elif c == "'":
             self.stack.append("single")
             self.take()
@@ -145,6 +159,16 @@ class _Lexer:
             for heredoc in self.pending:
                 self.heredoc_body(heredoc)
             self.pending.clear()
+        else:
+            self.take()
+
+    def arith_char(self, c: str) -> None:
+        if self.source.startswith("))", self.i):
+            self.stack.pop()
+            self.take(2)
+        elif c == "(":
+            self.stack.append("arith-paren")
+            self.take()
         else:
             self.take()
 
@@ -197,6 +221,10 @@ def rewrite(source: str) -> str:
 # How a variable is referenced in each context. Code contexts need the double quotes so the
 # value stays one word; inside double quotes or an expanding heredoc the bare reference is
 # already literal; single-quoted text is closed, the quoted reference added, and reopened.
+# Bash evaluates a variable's text again inside arithmetic (`a[$(cmd)]` runs cmd), so there
+# only plain numbers are allowed, checked by the filter.
+ARITHMETIC = ("arith", "arith-paren")
+
 REFERENCE = {
     "code": '"${{{name}}}"',
     "sub": '"${{{name}}}"',

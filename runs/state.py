@@ -93,8 +93,9 @@ STEP_TRANSITIONS: dict[str, frozenset[str]] = {
             StepStatus.RUNNING,
             StepStatus.SKIPPED,
             StepStatus.CANCELLED,
-            StepStatus.FAILED,
-        }  # an `if` expression that fails to evaluate
+            StepStatus.FAILED,  # an `if` expression that fails to evaluate
+            StepStatus.SUCCEEDED,  # retry from failed reuses an earlier run's result
+        }
     ),
     StepStatus.QUEUED: frozenset(
         {StepStatus.RUNNING, StepStatus.CANCELLED, StepStatus.SKIPPED, StepStatus.TIMED_OUT}

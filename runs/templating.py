@@ -21,6 +21,7 @@ from markupsafe import Markup
 
 from runs import shell_template
 
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
 
 
@@ -61,6 +62,10 @@ def _stepwise_shell(
         # its lines would end the heredoc early and turn the rest into commands.
         if any(line.strip("\t") == delimiter for line in text.split("\n")):
             raise RenderError(f"a value contains the line {delimiter!r}, which ends its heredoc")
+        return _ShellText(text)
+    if where in shell_template.ARITHMETIC:
+        if not _NUMBER.fullmatch(text):
+            raise RenderError(f"only a number can go inside $(( )), not {text!r}")
         return _ShellText(text)
     variables: dict[str, str] = context["__stepwise_vars__"]
     name = f"STEPWISE_V{len(variables) + 1}"

@@ -1,5 +1,6 @@
 """Shell steps: `bash -e -o pipefail -c <script>` with a scrubbed environment."""
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -90,6 +91,8 @@ def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) 
         return StepResult(status=StepStatus.SUCCEEDED, exit_code=0, outputs=outputs)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            base.parent.rmdir()  # the run's folder, once its last step is cleaned up
 
 
 def _exit_description(code: int | None) -> str:

@@ -715,3 +715,17 @@ def test_definition_error_lists_every_issue_on_its_own_line() -> None:
         "steps": ["required"],
         "owner": ["unknown key"],
     }
+
+
+def test_canonical_form_keeps_required_true_next_to_a_default():
+    definition = parse_definition(
+        {
+            "slug": "req",
+            "name": "Req",
+            "params": [{"name": "ticket", "type": "string", "default": "OPS-1", "required": True}],
+            "steps": [{"id": "a", "shell": "true"}],
+        }
+    )
+    again = parse_definition(definition.canonical())
+    assert again.params[0].required is True
+    assert again == definition

@@ -159,3 +159,16 @@ def test_text_forms_of_values():
     assert to_text(True) == "true"
     assert to_text(None) == ""
     assert to_text({"a": [1]}) == '{"a":[1]}'
+
+
+def test_shift_inside_arithmetic_is_not_a_heredoc(tmp_path):
+    canary = tmp_path / "canary"
+    output = run_shell("echo $((1<<2))\nprintf '[%s]' {{ params.v }}", f"-rf {canary} *")
+    assert output.decode() == f"4\n[-rf {canary} *]"
+
+
+def test_numbers_may_go_inside_arithmetic_but_nothing_else():
+    script, variables = render_shell("echo $(( {{ params.v }} * 2 ))", {"params": {"v": 21}})
+    assert script == "echo $(( 21 * 2 ))" and variables == {}
+    with pytest.raises(RenderError, match="only a number"):
+        render_shell("echo $(( {{ params.v }} ))", {"params": {"v": "a[$(touch x)]"}})

@@ -594,3 +594,101 @@ def test_worker_pid_is_not_the_steps_process_group(make_runbook):
     )
     pgid = int(logs(run, "a")[1])
     assert pgid != os.getpgid(0)
+
+
+def test_secret_is_masked_in_its_url_encoded_form_too(make_runbook, api_server):
+    runbook = make_runbook(
+        """
+        slug: http-secret
+        name: HTTP secret
+        params:
+          - {name: base, type: string}
+          - {name: token, type: secret}
+        steps:
+          - id: call
+            http:
+              method: POST
+              url: "{{ params.base | safe }}/keys/{{ params.token }}"
+              json: {replicas: 3}
+        """
+    )
+    run = drain(start(runbook, base=api_server, token="tok en/x"))
+    assert run.status == "succeeded"
+    text = "\n".join(logs(run)) + json.dumps(steps(run)["call"].outputs)
+    assert "tok%20en%2Fx" not in text and "tok en/x" not in text
+    assert f"POST {api_server}/keys/***" in logs(run, "call")
+
+
+def test_template_errors_are_not_retried(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: no-retry
+        name: No retry
+        steps:
+          - {id: a, retries: 3, shell: "echo {{ steps.nowhere.outputs.x }}"}
+        """
+    )
+    run = drain(start(runbook))
+    assert run.status == "failed" and steps(run)["a"].attempt == 1
+
+
+def test_run_whose_secrets_cannot_be_decrypted_fails_with_the_reason(make_runbook, settings):
+    runbook = make_runbook(
+        """
+        slug: rotated
+        name: Rotated
+        params: [{name: token, type: secret}]
+        steps: [{id: a, retries: 2, shell: 'true'}]
+        """
+    )
+    run = start(runbook, token="s3cret")
+    settings.SECRET_KEY = "a-completely-different-secret-key-after-rotation"
+    run = drain(run)
+    assert run.status == "failed"
+    assert "SECRET_KEY changed" in run.error["message"]
+    assert steps(run)["a"].attempt == 1
+
+
+def test_long_retry_delay_is_woken_by_the_reaper(make_runbook, settings):
+    from runs.runner import work
+    from runs.services import step_wake_due
+
+    settings.STEPWISE_INLINE_RETRY_WAIT = 0
+    runbook = make_runbook(
+        """
+        slug: slow-retry
+        name: Slow retry
+        steps:
+          - {id: a, retries: {max: 1, delay: 100ms}, shell: '[ "$STEPWISE_ATTEMPT" = 2 ]'}
+        """
+    )
+    run = start(runbook)
+    work(run.pk)
+    step = steps(run)["a"]
+    assert (step.status, step.attempt, step.enqueued_at) == ("queued", 1, None)
+    wait_for(lambda: step_wake_due() == 1, timeout=10)
+    step.refresh_from_db()
+    assert step.enqueued_at is not None
+    assert drain(run).status == "succeeded"
+
+
+def test_worker_hands_a_long_chain_over_instead_of_outliving_its_task(make_runbook, settings):
+    from runs.runner import work
+
+    settings.STEPWISE_MAX_STEP_SECONDS = 0.5
+    runbook = make_runbook(
+        """
+        slug: chain
+        name: Chain
+        steps:
+          - {id: a, shell: sleep 0.3}
+          - {id: b, shell: sleep 0.3}
+          - {id: c, shell: 'true'}
+        """
+    )
+    run = start(runbook)
+    assert work(run.pk) == 2
+    tree = steps(run)
+    assert (tree["b"].status, tree["c"].status, tree["c"].attempt) == ("succeeded", "queued", 0)
+    assert not StepAttempt.objects.filter(step=tree["c"]).exists()
+    assert drain(run).status == "succeeded"
