@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "config.apps.CoreConfig",
     "runbooks",
     "runs",
+    "approvals",
 ]
 
 MIDDLEWARE = [
@@ -192,6 +193,14 @@ STEPWISE_INLINE_RETRY_WAIT = env.float("STEPWISE_INLINE_RETRY_WAIT", default=15)
 STEPWISE_KILL_GRACE = env.float("STEPWISE_KILL_GRACE", default=5)
 STEPWISE_WORK_DIR = Path(env.str("STEPWISE_WORK_DIR", default=str(VAR_DIR / "work")))
 STEPWISE_SHELL_PATH = env.str("STEPWISE_SHELL_PATH", default="/usr/local/bin:/usr/bin:/bin")
+
+# Links in notifications point here; the approval webhook (Slack-compatible) is optional.
+STEPWISE_BASE_URL = env.str("STEPWISE_BASE_URL", default="http://127.0.0.1:8000")
+STEPWISE_APPROVAL_WEBHOOK_URL = env.str("STEPWISE_APPROVAL_WEBHOOK_URL", default="")
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="stepwise@localhost")
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
 
 LOGGING = {
     "version": 1,

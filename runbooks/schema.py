@@ -340,6 +340,39 @@ class SleepStep(BaseStep):
     sleep: Duration
 
 
+class Approvers(_Model):
+    """Who may decide: users by username and members of groups by name."""
+
+    users: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _someone(self) -> Approvers:
+        if not self.users and not self.groups:
+            raise located_error("Approvers", [((), "name at least one user or group", None)])
+        return self
+
+
+class ApprovalSpec(_Model):
+    """A human gate: the run waits until enough approvers approve, or one denies."""
+
+    message: NonBlankTemplate
+    approvers: Approvers
+    required: int = Field(default=1, ge=1)
+    allow_self_approval: bool = False
+    fields: list[ParamSpec] = Field(default_factory=list)
+    timeout: Duration | None = None
+
+
+class ApprovalStep(BaseStep):
+    """Waits for people; its outputs are `approved_by` and the form's values."""
+
+    kind: ClassVar[str] = "approval"
+    key: ClassVar[str] = "approval"
+
+    approval: ApprovalSpec
+
+
 class GroupStep(BaseStep):
     """Runs its children in order, or all at once with `parallel: true`."""
 
@@ -354,6 +387,7 @@ _StepUnion = (
     Annotated[ShellStep, Tag(ShellStep.key)]
     | Annotated[HttpStep, Tag(HttpStep.key)]
     | Annotated[SleepStep, Tag(SleepStep.key)]
+    | Annotated[ApprovalStep, Tag(ApprovalStep.key)]
     | Annotated[GroupStep, Tag(GroupStep.key)]
 )
 STEP_MODELS: tuple[type[BaseStep], ...] = tuple(get_args(m)[0] for m in get_args(_StepUnion))
@@ -434,6 +468,19 @@ class RunbookDefinition(_Model):
         # the field default must still be written out, or parsing it back would flip it.
         for param, dumped in zip(self.params, data.get("params", []), strict=True):
             dumped["required"] = param.required
+        dumped_steps = {}
+
+        def index(steps: list[dict[str, Any]]) -> None:
+            for item in steps:
+                dumped_steps[item["id"]] = item
+                index(item.get("steps", []))
+
+        index(data["steps"])
+        for _, step, _, _ in self.iter_steps():
+            if isinstance(step, ApprovalStep):
+                dumped = dumped_steps[step.id]["approval"].get("fields", [])
+                for field, dumped_field in zip(step.approval.fields, dumped, strict=True):
+                    dumped_field["required"] = field.required
         return data
 
 

@@ -165,7 +165,10 @@ def cancel_plan(top_level: list[Node]) -> list[Decision]:
     decisions: list[Decision] = []
 
     def visit(node: Node) -> None:
-        if node.status in (StepStatus.PENDING, StepStatus.QUEUED):
+        # Pending and queued steps never started; an open approval holds nothing to stop.
+        if node.status in (StepStatus.PENDING, StepStatus.QUEUED) or (
+            node.kind == "approval" and node.status == StepStatus.WAITING
+        ):
             decisions.append(Decision(node.pk, StepStatus.CANCELLED, "run cancelled"))
             node.status = StepStatus.CANCELLED
         for child in node.children:

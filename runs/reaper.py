@@ -16,6 +16,7 @@ from django.utils import timezone
 from django_q.brokers import Broker, get_broker
 from django_q.signals import post_spawn
 
+from approvals.services import approvals_expire_due
 from runs import services
 from runs.models import Run, Step
 from runs.state import RUN_ACTIVE, RunStatus, StepStatus
@@ -27,7 +28,7 @@ _tick = threading.Event()  # never set: a sleep that tools and readers see as a 
 def reap(broker: Broker | None = None) -> dict[str, int]:
     """One pass: take back lost steps, time out overdue runs, re-send lost wake-ups."""
     now = timezone.now()
-    counts = {"lost": 0, "timed_out": 0, "requeued": 0, "cancelled": 0, "woken": 0}
+    counts = {"lost": 0, "timed_out": 0, "requeued": 0, "cancelled": 0, "woken": 0, "expired": 0}
     for step in Step.objects.filter(
         status=StepStatus.RUNNING, lease_expires_at__lt=now
     ).select_related("run")[:200]:
@@ -44,6 +45,7 @@ def reap(broker: Broker | None = None) -> dict[str, int]:
             counts["cancelled"] += 1
     # A message can only be known lost once the queue has drained: until then, a step that
     # waits long is just waiting its turn behind others.
+    counts["expired"] = approvals_expire_due()
     counts["woken"] = services.step_wake_due()
     if (broker or get_broker()).queue_size() == 0:
         counts["requeued"] = services.step_requeue_stalled(

@@ -4,9 +4,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from approvals.models import Approval
 from runs.models import Run, Step
 from runs.state import RUN_TERMINAL, RunStatus, StepStatus
 
@@ -16,7 +17,8 @@ def run_list() -> QuerySet[Run]:
 
 
 def run_summaries(runs: Iterable[Run]) -> list[Run]:
-    """Attaches `step_counts` and `current_steps` to each run, in two queries for any page."""
+    """Attaches `step_counts`, `current_steps` and `open_approval` to each run, in three
+    queries for any page."""
     runs = list(runs)
     counts: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(StepStatus.values, 0))
     current: dict[int, list[str]] = defaultdict(list)
@@ -39,7 +41,18 @@ def run_summaries(runs: Iterable[Run]) -> list[Run]:
         )
         for run_id, number in active:
             current[run_id].append(number)
+    open_approvals: dict[int, Approval] = {}
+    if pks:
+        for approval in (
+            Approval.objects.pending()
+            .filter(run_id__in=pks)
+            .select_related("step")
+            .annotate(approve_count=Count("decisions", filter=Q(decisions__verdict="approve")))
+            .order_by("opened_at")
+        ):
+            open_approvals.setdefault(approval.run_id, approval)
     for run in runs:
+        run.open_approval = open_approvals.get(run.pk)
         tally = counts[run.pk]
         run.step_counts = {"total": sum(tally.values()), **tally}
         run.current_steps = current[run.pk]

@@ -345,6 +345,11 @@ def _masker(run: Run) -> secrets.Masker:
 VERSION_HEAVY = ("definition", "source")  # what the engine never reads from a version row
 
 
+def lock_run(run: Run) -> Run:
+    """A fresh copy of the run with its row locked until the transaction ends."""
+    return _lock(run)
+
+
 def _lock(run: Run) -> Run:
     return (
         Run.objects.select_for_update(of=("self",))
@@ -460,6 +465,14 @@ def run_advance(*, run: Run, hold_first: bool = False, locked: bool = False) -> 
             run.started_at = run.started_at or now
             Run.objects.filter(pk=run.pk).update(started_at=run.started_at)
         _finish_run(run, steps, outcome.failed_step)
+    gates = [pk for pk in queued if steps[pk].kind == "approval"]
+    if gates:
+        # Approvals need no worker: their gates open here, and a gate that cannot open (its
+        # message failed to render) fails its step, which the next plan reacts to.
+        if not _open_gates(run, [steps[pk] for pk in gates]):
+            return run_advance(run=run, hold_first=hold_first, locked=True)
+        queued = [pk for pk in queued if pk not in gates]
+    _sync_waiting(run, steps)
     queued.sort(key=lambda pk: steps[pk].position)
     # Workers that wake for a fan-out keep claiming its ready steps (runner.work), so a few
     # messages serve a group of any width; the reaper re-sends any that get lost.
@@ -468,10 +481,53 @@ def run_advance(*, run: Run, hold_first: bool = False, locked: bool = False) -> 
     return Advance(queued=queued)
 
 
+def _open_gates(run: Run, gates: list[Step]) -> bool:
+    """Opens approval steps; returns False if one failed instead."""
+    from approvals.services import approval_open  # approvals builds on runs
+
+    context = template_context(run)
+    masker = _masker(run)
+    specs = version_steps(run.version)
+    for step in gates:
+        spec = specs[step.key].approval
+        try:
+            message = masker.text(templating.render(spec.message, context))
+        except templating.RenderError as error:
+            reason = f"template error in the approval message: {error}"
+            step_transition(
+                step=step,
+                to=StepStatus.FAILED,
+                reason=reason,
+                error=reason,
+                finished_at=timezone.now(),
+            )
+            log_system(run_id=run.pk, step=step, message=reason, level=LogLevel.ERROR)
+            return False
+        step_transition(step=step, to=StepStatus.WAITING, started_at=timezone.now())
+        approval_open(run=run, step=step, spec=spec, message=message)
+    return True
+
+
+def _sync_waiting(run: Run, steps: dict[int, Step]) -> None:
+    """A run is `waiting` while an approval is open and nothing else is queued or running."""
+    if run.is_terminal or run.status == RunStatus.CANCELLING:
+        return
+    leaves = [step.status for step in steps.values() if not step.is_group]
+    busy = any(status in (StepStatus.QUEUED, StepStatus.RUNNING) for status in leaves)
+    waiting = StepStatus.WAITING in leaves
+    if waiting and not busy and run.status != RunStatus.WAITING:
+        run_transition(run=run, to=RunStatus.WAITING, started_at=run.started_at or timezone.now())
+    elif busy and run.status == RunStatus.WAITING:
+        run_transition(run=run, to=RunStatus.RUNNING)
+
+
 def _stop_if_idle(
     run: Run, top: list[engine.Node], steps: dict[int, Step], status: str, reason: str
 ) -> None:
     """Cancels what has not started; ends the run once nothing is running any more."""
+    from approvals.services import approvals_cancel_for_run  # approvals builds on runs
+
+    approvals_cancel_for_run(run=run)
     for decision in engine.cancel_plan(top):
         step_transition(
             step=steps[decision.pk],
@@ -569,8 +625,8 @@ def _claim(step: Step, worker: str) -> bool:
         step=step, number=step.attempt, worker=worker, status=StepStatus.RUNNING, started_at=now
     )
     run = step.run
-    if run.status == RunStatus.QUEUED:
-        run_transition(run=run, to=RunStatus.RUNNING, started_at=now)
+    if run.status in (RunStatus.QUEUED, RunStatus.WAITING):
+        run_transition(run=run, to=RunStatus.RUNNING, started_at=run.started_at or now)
     return True
 
 

@@ -53,6 +53,7 @@ RUN_TRANSITIONS: dict[str, frozenset[str]] = {
     RunStatus.QUEUED: frozenset(
         {
             RunStatus.RUNNING,
+            RunStatus.WAITING,  # the first step is an approval
             RunStatus.CANCELLING,
             RunStatus.CANCELLED,
             RunStatus.FAILED,
@@ -98,7 +99,14 @@ STEP_TRANSITIONS: dict[str, frozenset[str]] = {
         }
     ),
     StepStatus.QUEUED: frozenset(
-        {StepStatus.RUNNING, StepStatus.CANCELLED, StepStatus.SKIPPED, StepStatus.TIMED_OUT}
+        {
+            StepStatus.RUNNING,
+            StepStatus.WAITING,  # an approval step opens its gate
+            StepStatus.FAILED,  # an approval message that fails to render
+            StepStatus.CANCELLED,
+            StepStatus.SKIPPED,
+            StepStatus.TIMED_OUT,
+        }
     ),
     StepStatus.RUNNING: frozenset(
         {

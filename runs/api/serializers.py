@@ -2,7 +2,6 @@
 
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -51,6 +50,16 @@ class _StepCounts(serializers.Serializer):
     timed_out = serializers.IntegerField()
     skipped = serializers.IntegerField()
     cancelled = serializers.IntegerField()
+
+
+class _PendingApproval(serializers.Serializer):
+    id = serializers.IntegerField()
+    step = serializers.CharField()
+    message = serializers.CharField()
+    required = serializers.IntegerField()
+    approvals = serializers.IntegerField()
+    approvers = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    url = serializers.CharField()
 
 
 class _RunError(serializers.Serializer):
@@ -109,9 +118,22 @@ class RunOutput(serializers.ModelSerializer):
     def get_created_by(self, run: Run) -> dict[str, str] | None:
         return {"username": run.created_by.get_username()} if run.created_by else None
 
-    @extend_schema_field(OpenApiTypes.OBJECT)
-    def get_pending_approval(self, run: Run) -> None:
-        return None  # approval steps arrive with the approvals app
+    @extend_schema_field(_PendingApproval(allow_null=True))
+    def get_pending_approval(self, run: Run) -> dict[str, Any] | None:
+        approval = getattr(run, "open_approval", None)
+        if approval is None:
+            return None
+        request = self.context.get("request")
+        path = f"/approvals/{approval.pk}/"
+        return {
+            "id": approval.pk,
+            "step": approval.step.number,
+            "message": approval.message,
+            "required": approval.required,
+            "approvals": approval.approve_count,
+            "approvers": {"users": approval.approver_users, "groups": approval.approver_groups},
+            "url": request.build_absolute_uri(path) if request else path,
+        }
 
 
 class StepOutput(serializers.ModelSerializer):

@@ -341,19 +341,50 @@ def test_blank_name_is_rejected() -> None:
 
 def test_step_without_a_kind_names_the_allowed_kinds() -> None:
     data = definition(shell_step("a"), {"id": "b", "name": "no kind"})
-    assert only_issue(data) == ("steps[1]", "a step needs exactly one of shell, http, sleep, steps")
+    assert only_issue(data) == (
+        "steps[1]",
+        "a step needs exactly one of shell, http, sleep, approval, steps",
+    )
 
 
-def test_step_of_a_kind_not_supported_yet_names_the_allowed_kinds() -> None:
-    data = definition({"id": "gate", "approval": {"message": "ok?"}})
-    assert only_issue(data) == ("steps[0]", "a step needs exactly one of shell, http, sleep, steps")
+def test_step_of_an_unknown_kind_names_the_allowed_kinds() -> None:
+    data = definition({"id": "gate", "notify": {"message": "ok?"}})
+    assert only_issue(data) == (
+        "steps[0]",
+        "a step needs exactly one of shell, http, sleep, approval, steps",
+    )
+
+
+def test_approval_step_needs_approvers_and_rejects_unknown_keys() -> None:
+    data = definition({"id": "gate", "approval": {"message": "ok?", "approvers": {}, "quorum": 2}})
+    assert set(issues(data)) == {
+        ("steps[0].approval.approvers", "name at least one user or group"),
+        ("steps[0].approval.quorum", "unknown key"),
+    }
+
+
+def test_approval_fields_keep_required_in_the_canonical_form() -> None:
+    data = definition(
+        {
+            "id": "gate",
+            "approval": {
+                "message": "Restart?",
+                "approvers": {"groups": ["sre-leads"]},
+                "fields": [
+                    {"name": "window", "type": "string", "default": "now", "required": True}
+                ],
+            },
+        }
+    )
+    again = parse_definition(parse_definition(data).canonical())
+    assert again.steps[0].approval.fields[0].required is True
 
 
 def test_step_with_two_kinds_is_rejected_naming_both() -> None:
     data = definition({"id": "a", "shell": "echo", "http": {"url": "u"}})
     path, message = only_issue(data)
     assert path == "steps[0]"
-    assert message.startswith("a step needs exactly one of shell, http, sleep, steps")
+    assert message.startswith("a step needs exactly one of shell, http, sleep, approval, steps")
     assert "shell and http" in message
 
 

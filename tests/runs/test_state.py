@@ -51,7 +51,7 @@ def test_documented_run_paths_are_allowed(current, target):
     [
         ("succeeded", "running"),
         ("cancelling", "running"),
-        ("queued", "waiting"),
+        ("cancelled", "waiting"),
         ("failed", "queued"),
     ],
 )
