@@ -15,8 +15,8 @@ class ApprovalQuerySet(models.QuerySet):
         if not user.is_authenticated:
             return self.none()
         groups = user.groups.values_list("name", flat=True)
-        named = models.Q(approvers__kind="user", approvers__name=user.get_username()) | models.Q(
-            approvers__kind="group", approvers__name__in=groups
+        named = models.Q(kind="user", name=user.get_username()) | models.Q(
+            kind="group", name__in=groups
         )
         return self.filter(pk__in=Approver.objects.filter(named).values("approval_id"))
 
