@@ -45,6 +45,8 @@ class Command(BaseCommand):
                     options["host"],
                     "--port",
                     str(options["port"]),
+                    "--workers",
+                    os.environ.get("STEPWISE_WEB_WORKERS", "2"),
                     "--log-level",
                     "warning",
                 ]
