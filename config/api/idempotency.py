@@ -84,7 +84,16 @@ class IdempotentMixin:
             response["Content-Type"] = record.content_type or "application/json"
             response["Idempotent-Replayed"] = "true"
             return response
-        return super().handle_exception(exc)
+        try:
+            return super().handle_exception(exc)
+        except Exception:
+            # An unhandled error becomes a 500 without passing finalize_response; drop the
+            # in-flight record so that a retry with the same key is not refused with 409.
+            record = getattr(self.request, "idempotency_record", None)
+            if record is not None:
+                record.delete()
+                self.request.idempotency_record = None
+            raise
 
     def finalize_response(self, request: Request, response: Response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -109,12 +110,23 @@ class RunbookViewSet(IdempotentMixin, viewsets.GenericViewSet):
     )
     def create(self, request: Request) -> Response:
         definition, source = _definition(request)
-        if Runbook.objects.filter(slug=definition.slug, archived_at__isnull=True).exists():
-            raise ValidationFailed(
-                "A runbook with this slug exists; PUT /runbooks/{slug} updates it.",
-                details={"slug": [f"{definition.slug!r} is taken"]},
-            )
-        result = runbook_save(definition=definition, source=source, user=request.user)
+        taken = ValidationFailed(
+            "A runbook with this slug exists; PUT /runbooks/{slug} updates it.",
+            details={"slug": [f"{definition.slug!r} is taken"]},
+        )
+        # The check and the save share a transaction, and a runbook that appeared in between
+        # (another create of the same slug) rolls this one back instead of becoming version 2
+        # of it; on PostgreSQL the losing insert may also fail on the unique slug.
+        try:
+            with transaction.atomic():
+                existing = Runbook.objects.filter(slug=definition.slug).first()
+                if existing is not None and not existing.is_archived:
+                    raise taken
+                result = runbook_save(definition=definition, source=source, user=request.user)
+                if existing is None and not result.created:
+                    raise taken
+        except IntegrityError:
+            raise taken from None
         return Response(RunbookDetailOutput(result.runbook).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(

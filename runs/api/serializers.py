@@ -78,6 +78,7 @@ class RunOutput(serializers.ModelSerializer):
     current_steps = serializers.ListField(child=serializers.CharField())
     pending_approval = serializers.SerializerMethodField()
     error = _RunError(allow_null=True)
+    cancel_reason = serializers.SerializerMethodField()
 
     class Meta:
         model = Run
@@ -113,6 +114,10 @@ class RunOutput(serializers.ModelSerializer):
     @extend_schema_field(_RunbookRef)
     def get_runbook(self, run: Run) -> dict[str, Any]:
         return {"slug": run.runbook.slug, "name": run.runbook.name, "version": run.version.number}
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_cancel_reason(self, run: Run) -> str | None:
+        return run.cancel_reason or None  # null until cancelled, as in DESIGN.md's example
 
     @extend_schema_field(_UserRef(allow_null=True))
     def get_created_by(self, run: Run) -> dict[str, str] | None:

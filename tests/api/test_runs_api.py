@@ -1,0 +1,651 @@
+"""The runs API: start, read, follow, cancel, retry and list runs (DESIGN.md section 5)."""
+
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from runbooks.services import runbook_archive
+from runs import services
+from runs.models import Run
+from tests.api.conftest import make_user
+from tests.conftest import drain
+
+RUN_KEYS = {
+    "number", "id", "url", "runbook", "title", "status", "params", "labels", "created_by",
+    "origin", "retried_from", "created_at", "started_at", "finished_at", "duration_ms", "steps",
+    "current_steps", "pending_approval", "outputs", "error", "cancel_reason",
+}  # fmt: skip
+STEP_COUNT_KEYS = {
+    "total", "pending", "queued", "running", "waiting", "succeeded", "failed", "timed_out",
+    "skipped", "cancelled",
+}  # fmt: skip
+STEP_KEYS = {
+    "number", "id", "name", "kind", "status", "attempt", "max_attempts", "started_at",
+    "finished_at", "duration_ms", "exit_code", "outputs", "error", "children",
+}  # fmt: skip
+ERROR_KEYS = {"error", "message", "details"}
+SECRET = "hunter2-very-secret"
+
+
+@pytest.fixture
+def api(operator, as_user):
+    return as_user(operator)
+
+
+@pytest.fixture
+def finished(deploy, operator, start_run) -> Run:
+    """A succeeded run of `deploy` with a secret param, executed in-process."""
+    run = drain(start_run(deploy, user=operator, params={"token": SECRET}))
+    assert run.status == "succeeded"
+    return run
+
+
+@pytest.fixture
+def failed(flaky, operator, start_run) -> Run:
+    run = drain(start_run(flaky, user=operator))
+    assert run.status == "failed"
+    return run
+
+
+def numbers(response) -> list[int]:
+    return [run["number"] for run in response.json()["results"]]
+
+
+# --- Starting runs --------------------------------------------------------------------------
+
+
+def test_start_run_answers_202_with_the_run_in_the_documented_shape(api, deploy):
+    response = api.post(
+        "/api/v1/runs",
+        {"runbook": "deploy", "params": {"replicas": 3}, "title": "Friday", "labels": {"t": "1"}},
+        format="json",
+    )
+
+    assert response.status_code == 202
+    body = response.json()
+    assert set(body) == RUN_KEYS
+    assert set(body["steps"]) == STEP_COUNT_KEYS
+    run = Run.objects.get()
+    assert body["number"] == run.number
+    assert body["id"] == str(run.uuid)
+    assert body["url"] == f"http://testserver/runs/{run.number}"
+    assert body["runbook"] == {"slug": "deploy", "name": "Deploy", "version": 1}
+    assert body["title"] == "Friday"
+    assert body["status"] in {"queued", "running"}
+    assert body["params"] == {"service": "api", "replicas": 3, "token": None}
+    assert body["labels"] == {"t": "1"}
+    assert body["created_by"] == {"username": "otto"}
+    assert body["origin"] == "api"
+    assert body["retried_from"] is None
+    assert body["finished_at"] is None and body["duration_ms"] is None
+    assert body["steps"]["total"] == 3  # leaves only: build, left, right
+    assert body["pending_approval"] is None
+    assert body["outputs"] == {} and body["error"] is None and body["cancel_reason"] is None
+
+
+def test_start_run_without_title_gets_the_runbook_name_and_number(api, deploy):
+    body = api.post("/api/v1/runs", {"runbook": "deploy"}, format="json").json()
+    assert body["title"] == f"Deploy #{body['number']}"
+
+
+def test_start_run_rejects_invalid_params_naming_each_and_starts_nothing(api, deploy):
+    response = api.post(
+        "/api/v1/runs",
+        {"runbook": "deploy", "params": {"replicas": 9, "colour": "red"}},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    body = response.json()
+    assert set(body) == ERROR_KEYS
+    assert body["error"] == "validation-failed"
+    assert set(body["details"]) == {"params.replicas", "params.colour"}
+    assert body["details"]["params.colour"] == ["unknown parameter"]
+    assert not Run.objects.exists()
+
+
+def test_start_run_rejects_params_of_the_wrong_type(api, deploy):
+    response = api.post(
+        "/api/v1/runs", {"runbook": "deploy", "params": {"replicas": "many"}}, format="json"
+    )
+    assert response.status_code == 400
+    assert list(response.json()["details"]) == ["params.replicas"]
+    assert not Run.objects.exists()
+
+
+def test_start_run_rejects_a_body_without_runbook(api, deploy):
+    response = api.post("/api/v1/runs", {"params": {}}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "validation-failed"
+    assert "runbook" in response.json()["details"]
+
+
+def test_start_run_of_unknown_runbook_is_rejected(api, deploy):
+    response = api.post("/api/v1/runs", {"runbook": "nope"}, format="json")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "validation-failed"
+    assert list(body["details"]) == ["runbook"]
+    assert not Run.objects.exists()
+
+
+def test_start_run_of_archived_runbook_is_a_conflict(api, deploy, author):
+    runbook_archive(runbook=deploy, user=author)
+    response = api.post("/api/v1/runs", {"runbook": "deploy"}, format="json")
+    assert response.status_code == 409
+    assert response.json()["error"] == "conflict"
+    assert "archived" in response.json()["message"]
+    assert not Run.objects.exists()
+
+
+def test_start_run_rejects_non_string_labels(api, deploy):
+    response = api.post("/api/v1/runs", {"runbook": "deploy", "labels": {"n": [1]}}, format="json")
+    assert response.status_code == 400
+    assert any(key.startswith("labels") for key in response.json()["details"])
+    assert not Run.objects.exists()
+
+
+# --- Reading a run --------------------------------------------------------------------------
+
+
+def test_run_detail_shows_the_finished_run(api, finished):
+    response = api.get(f"/api/v1/runs/{finished.number}")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == RUN_KEYS
+    assert body["status"] == "succeeded"
+    assert body["steps"] == {**dict.fromkeys(STEP_COUNT_KEYS, 0), "total": 3, "succeeded": 3}
+    assert body["current_steps"] == []
+    assert body["outputs"] == {"built": "3"}
+    assert body["finished_at"] is not None
+    assert body["duration_ms"] is not None and body["duration_ms"] >= 0
+
+
+def test_failed_run_detail_says_which_step_failed(api, failed):
+    body = api.get(f"/api/v1/runs/{failed.number}").json()
+    assert body["status"] == "failed"
+    assert body["error"]["step"] == "2"
+    assert "3" in body["error"]["message"]  # the exit code
+
+
+def test_step_tree_nests_the_parallel_group_children(api, finished):
+    response = api.get(f"/api/v1/runs/{finished.number}/steps")
+    assert response.status_code == 200
+    tree = response.json()
+    assert [(s["number"], s["id"], s["kind"]) for s in tree] == [
+        ("1", "build", "shell"),
+        ("2", "fanout", "group"),
+    ]
+    assert all(set(step) == STEP_KEYS for step in tree)
+    build, group = tree
+    assert build["children"] == []
+    assert build["exit_code"] == 0 and build["attempt"] == 1 and build["max_attempts"] == 1
+    assert [(c["number"], c["id"], c["status"]) for c in group["children"]] == [
+        ("2.1", "left", "succeeded"),
+        ("2.2", "right", "succeeded"),
+    ]
+    assert all(set(child) == STEP_KEYS for child in group["children"])
+
+
+def test_unknown_run_is_404_with_the_error_body(api, db):
+    response = api.get("/api/v1/runs/999")
+    assert response.status_code == 404
+    body = response.json()
+    assert set(body) == ERROR_KEYS
+    assert body["error"] == "not-found" and body["details"] == {}
+    for sub in ("steps", "logs", "outputs", "artifacts"):
+        assert api.get(f"/api/v1/runs/999/{sub}").status_code == 404
+    assert api.post("/api/v1/runs/999/cancel", {}, format="json").status_code == 404
+
+
+# --- Logs -----------------------------------------------------------------------------------
+
+
+def test_logs_return_every_line_in_seq_order(api, finished):
+    response = api.get(f"/api/v1/runs/{finished.number}/logs")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["next"] is None
+    lines = body["results"]
+    seqs = [line["seq"] for line in lines]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+    assert set(lines[0]) == {
+        "seq", "step", "step_id", "attempt", "timestamp", "level", "stream", "message"
+    }  # fmt: skip
+    messages = [(line["step_id"], line["level"], line["message"]) for line in lines]
+    assert ("build", "warn", "careful") in messages
+    assert ("build", "error", "something odd") in messages
+    assert ("build", "debug", "resolved 2 replicas") in messages
+    assert ("left", "info", "left") in messages
+
+
+def test_logs_filter_by_minimum_level(api, finished):
+    lines = api.get(f"/api/v1/runs/{finished.number}/logs?level=warn").json()["results"]
+    levels = {line["level"] for line in lines}
+    assert {"warn", "error"} <= levels
+    assert levels <= {"warn", "error", "system"}
+
+
+def test_logs_filter_by_step_id_or_number(api, finished):
+    by_id = api.get(f"/api/v1/runs/{finished.number}/logs?step=left").json()["results"]
+    by_number = api.get(f"/api/v1/runs/{finished.number}/logs?step=2.1").json()["results"]
+    assert by_id == by_number
+    assert by_id and {line["step_id"] for line in by_id} == {"left"}
+
+
+def test_logs_after_returns_only_later_lines(api, finished):
+    lines = api.get(f"/api/v1/runs/{finished.number}/logs").json()["results"]
+    middle = lines[len(lines) // 2]["seq"]
+    later = api.get(f"/api/v1/runs/{finished.number}/logs?after={middle}").json()["results"]
+    assert [line["seq"] for line in later] == [
+        line["seq"] for line in lines if line["seq"] > middle
+    ]
+
+
+def test_logs_limit_pages_through_next_links_keeping_the_filters(api, finished):
+    everything = api.get(f"/api/v1/runs/{finished.number}/logs?level=info").json()["results"]
+    assert len(everything) > 3
+    url = f"/api/v1/runs/{finished.number}/logs?level=info&limit=2"
+    seen: list[int] = []
+    for _ in range(len(everything)):  # bounded: a page holds at least one line
+        body = api.get(url).json()
+        assert len(body["results"]) <= 2
+        seen += [line["seq"] for line in body["results"]]
+        if body["next"] is None:
+            break
+        query = parse_qs(urlsplit(body["next"]).query)
+        assert query["level"] == ["info"] and query["limit"] == ["2"]
+        assert query["after"] == [str(seen[-1])]
+        url = body["next"]
+    assert seen == [line["seq"] for line in everything]
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("after=abc", "after"),
+        ("after=-1", "after"),
+        ("level=loud", "level"),
+        ("step=nope", "step"),
+        ("limit=0", "limit"),
+        ("limit=5001", "limit"),
+        ("limit=ten", "limit"),
+    ],
+)
+def test_invalid_log_query_is_400_naming_the_param(api, finished, query, named):
+    response = api.get(f"/api/v1/runs/{finished.number}/logs?{query}")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "validation-failed"
+    assert list(body["details"]) == [named]
+
+
+def test_invalid_log_query_names_every_bad_param_at_once(api, finished):
+    response = api.get(f"/api/v1/runs/{finished.number}/logs?after=x&level=y&limit=z")
+    assert response.status_code == 400
+    assert set(response.json()["details"]) == {"after", "level", "limit"}
+
+
+# --- Outputs and artifacts ------------------------------------------------------------------
+
+
+def test_outputs_has_run_and_step_outputs(api, finished):
+    response = api.get(f"/api/v1/runs/{finished.number}/outputs")
+    assert response.status_code == 200
+    assert response.json() == {
+        "outputs": {"built": "3"},
+        "steps": {"build": {"count": "3", "used": "***"}},
+    }
+
+
+def test_artifacts_list_and_download(api, finished):
+    response = api.get(f"/api/v1/runs/{finished.number}/artifacts")
+    assert response.status_code == 200
+    [artifact] = response.json()
+    assert artifact["name"] == "report.txt"
+    assert artifact["step"] == "1" and artifact["step_id"] == "build"
+    assert artifact["size"] == len(b"report for api\n")
+    assert artifact["download_url"] == (
+        f"http://testserver/api/v1/artifacts/{artifact['id']}/download"
+    )
+
+    download = api.get(artifact["download_url"])
+    assert download.status_code == 200
+    assert b"".join(download.streaming_content) == b"report for api\n"
+    assert download["Content-Disposition"] == 'attachment; filename="report.txt"'
+
+
+def test_download_of_unknown_artifact_is_404(api, db):
+    response = api.get("/api/v1/artifacts/4242/download")
+    assert response.status_code == 404
+    assert response.json()["error"] == "not-found"
+
+
+# --- Secrets --------------------------------------------------------------------------------
+
+
+def test_secret_params_are_masked_in_every_response(api, finished):
+    urls = [
+        "/api/v1/runs",
+        f"/api/v1/runs/{finished.number}",
+        f"/api/v1/runs/{finished.number}/steps",
+        f"/api/v1/runs/{finished.number}/logs",
+        f"/api/v1/runs/{finished.number}/outputs",
+    ]
+    for url in urls:
+        response = api.get(url)
+        assert response.status_code == 200
+        assert SECRET.encode() not in response.content, url
+    detail = api.get(f"/api/v1/runs/{finished.number}").json()
+    assert detail["params"]["token"] == "***"
+    logs = api.get(f"/api/v1/runs/{finished.number}/logs?step=build").json()["results"]
+    assert "building api with ***" in [line["message"] for line in logs]
+    outputs = api.get(f"/api/v1/runs/{finished.number}/outputs").json()
+    assert outputs["steps"]["build"]["used"] == "***"
+
+
+def test_secret_given_through_the_api_is_masked_in_the_202(api, deploy):
+    response = api.post(
+        "/api/v1/runs", {"runbook": "deploy", "params": {"token": SECRET}}, format="json"
+    )
+    assert response.status_code == 202
+    assert response.json()["params"]["token"] == "***"
+    assert SECRET.encode() not in response.content
+
+
+# --- Cancel ---------------------------------------------------------------------------------
+
+
+def test_cancel_stops_an_active_run_and_keeps_the_reason(api, deploy, start_run, operator):
+    run = start_run(deploy, user=operator)
+
+    response = api.post(f"/api/v1/runs/{run.number}/cancel", {"reason": "wrong day"}, format="json")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] in {"cancelling", "cancelled"}
+    assert body["cancel_reason"] == "wrong day"
+    run.refresh_from_db()
+    assert run.status == body["status"]
+    logs = api.get(f"/api/v1/runs/{run.number}/logs?level=system").json()["results"]
+    assert "cancel requested by otto: wrong day" in [line["message"] for line in logs]
+
+
+def test_cancel_without_a_body_works(api, deploy, start_run):
+    run = start_run(deploy)
+    response = api.post(f"/api/v1/runs/{run.number}/cancel")
+    assert response.status_code == 200
+    assert response.json()["status"] in {"cancelling", "cancelled"}
+
+
+def test_cancel_rejects_finished_run(api, finished):
+    response = api.post(f"/api/v1/runs/{finished.number}/cancel", {"reason": "x"}, format="json")
+    assert response.status_code == 409
+    assert response.json()["error"] == "conflict"
+    finished.refresh_from_db()
+    assert finished.status == "succeeded" and finished.cancel_reason == ""
+
+
+# --- Retry ----------------------------------------------------------------------------------
+
+
+def test_retry_from_failed_reuses_the_steps_that_succeeded(api, failed):
+    response = api.post(f"/api/v1/runs/{failed.number}/retry", {"from": "failed"}, format="json")
+
+    assert response.status_code == 202
+    body = response.json()
+    assert body["retried_from"] == failed.number
+    assert body["number"] != failed.number
+    assert body["status"] in {"queued", "running"}
+    assert body["steps"]["succeeded"] == 1  # `first` is not run again
+    retry = Run.objects.get(pk=body["number"])
+    assert retry.steps.get(key="first").status == "succeeded"
+    assert retry.steps.get(key="second").status in {"queued", "pending"}
+
+
+def test_retry_from_start_runs_every_step_again(api, failed):
+    response = api.post(f"/api/v1/runs/{failed.number}/retry", {"from": "start"}, format="json")
+    assert response.status_code == 202
+    body = response.json()
+    assert body["retried_from"] == failed.number
+    assert body["steps"]["succeeded"] == 0
+    assert drain(Run.objects.get(pk=body["number"])).status == "failed"
+
+
+def test_retry_defaults_to_the_same_params_and_accepts_new_ones(api, finished):
+    same = api.post(f"/api/v1/runs/{finished.number}/retry", {}, format="json")
+    assert same.status_code == 202
+    assert same.json()["params"] == {"service": "api", "replicas": 2, "token": "***"}
+    # the secret is still there for the steps, only masked
+    rerun = drain(Run.objects.get(pk=same.json()["number"]))
+    assert rerun.status == "succeeded"
+
+    other = api.post(
+        f"/api/v1/runs/{finished.number}/retry",
+        {"params": {"service": "web"}},
+        format="json",
+    )
+    assert other.status_code == 202
+    assert other.json()["params"]["service"] == "web"
+
+
+def test_retry_rejects_invalid_params_and_starts_nothing(api, finished):
+    before = Run.objects.count()
+    response = api.post(
+        f"/api/v1/runs/{finished.number}/retry", {"params": {"replicas": 0}}, format="json"
+    )
+    assert response.status_code == 400
+    assert list(response.json()["details"]) == ["params.replicas"]
+    assert Run.objects.count() == before
+
+
+def test_retry_rejects_an_unknown_mode(api, finished):
+    response = api.post(f"/api/v1/runs/{finished.number}/retry", {"from": "middle"}, format="json")
+    assert response.status_code == 400
+    assert "from" in response.json()["details"]
+
+
+def test_retry_from_failed_of_a_succeeded_run_is_a_conflict(api, finished):
+    response = api.post(f"/api/v1/runs/{finished.number}/retry", {"from": "failed"}, format="json")
+    assert response.status_code == 409
+    assert response.json()["error"] == "conflict"
+
+
+def test_retry_of_an_active_run_is_a_conflict(api, deploy, start_run):
+    run = start_run(deploy)
+    response = api.post(f"/api/v1/runs/{run.number}/retry", {}, format="json")
+    assert response.status_code == 409
+    assert Run.objects.count() == 1
+
+
+# --- Listing --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def assorted(deploy, flaky, start_run, operator, author):
+    """Five runs of two runbooks, by two people, with labels and spread-out creation times."""
+    made = {
+        "deploy-otto": start_run(deploy, user=operator, labels={"team": "sre"}),
+        "deploy-ada": start_run(deploy, user=author, labels={"team": "web"}),
+        "flaky-otto": drain(start_run(flaky, user=operator, labels={"team": "sre", "k": "v"})),
+        "flaky-ada": drain(start_run(flaky, user=author)),
+        "deploy-cancelled": start_run(deploy, user=author),
+    }
+    services.run_cancel(run=made["deploy-cancelled"], user=author, reason="")
+    base = datetime(2030, 1, 1, tzinfo=UTC)
+    for offset, run in enumerate(made.values()):
+        Run.objects.filter(pk=run.pk).update(created_at=base + timedelta(days=offset))
+    return {name: run.number for name, run in made.items()}
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", ["deploy-cancelled", "flaky-ada", "flaky-otto", "deploy-ada", "deploy-otto"]),
+        ("runbook=flaky", ["flaky-ada", "flaky-otto"]),
+        ("status=failed", ["flaky-ada", "flaky-otto"]),
+        ("status=failed,cancelled", ["deploy-cancelled", "flaky-ada", "flaky-otto"]),
+        ("created_by=otto", ["flaky-otto", "deploy-otto"]),
+        ("label=team:sre", ["flaky-otto", "deploy-otto"]),
+        ("label=team=web", ["deploy-ada"]),
+        ("label=k", ["flaky-otto"]),
+        ("runbook=deploy&created_by=ada", ["deploy-cancelled", "deploy-ada"]),
+        ("since=2030-01-03T00:00:00Z", ["deploy-cancelled", "flaky-ada", "flaky-otto"]),
+        ("until=2030-01-03T00:00:00Z", ["deploy-ada", "deploy-otto"]),
+        ("since=2030-01-02T00:00:00Z&until=2030-01-04T00:00:00Z", ["flaky-otto", "deploy-ada"]),
+        ("runbook=nope", []),
+    ],
+)
+def test_run_list_filters(api, assorted, query, expected):
+    response = api.get(f"/api/v1/runs?{query}")
+    assert response.status_code == 200
+    assert numbers(response) == [assorted[name] for name in expected]
+    assert response.json()["count"] == len(expected)
+
+
+def test_run_list_rejects_an_invalid_date_naming_it(api, db):
+    response = api.get("/api/v1/runs?since=yesterday")
+    assert response.status_code == 400
+    assert response.json()["error"] == "validation-failed"
+    assert list(response.json()["details"]) == ["since"]
+
+
+def bulk_runs(runbook, n: int) -> None:
+    """Bare run rows, for paging tests that need many."""
+    Run.objects.bulk_create(
+        Run(runbook=runbook, version=runbook.latest_version, title=f"r{i}") for i in range(n)
+    )
+
+
+def test_run_list_pages_with_page_and_per_page(api, deploy):
+    bulk_runs(deploy, 5)
+    all_numbers = list(Run.objects.order_by("-number").values_list("number", flat=True))
+
+    first = api.get("/api/v1/runs?per_page=2")
+    assert first.status_code == 200
+    assert set(first.json()) == {"count", "next", "previous", "results"}
+    assert first.json()["count"] == 5 and first.json()["previous"] is None
+    assert numbers(first) == all_numbers[:2]
+    assert parse_qs(urlsplit(first.json()["next"]).query) == {"page": ["2"], "per_page": ["2"]}
+
+    third = api.get("/api/v1/runs?per_page=2&page=3")
+    assert numbers(third) == all_numbers[4:]
+    assert third.json()["next"] is None
+
+    assert api.get("/api/v1/runs?per_page=2&page=9").status_code == 404
+
+
+def test_run_list_per_page_is_capped_at_100(api, deploy):
+    bulk_runs(deploy, 101)
+    response = api.get("/api/v1/runs?per_page=500")
+    assert response.status_code == 200
+    assert response.json()["count"] == 101
+    assert len(response.json()["results"]) == 100
+
+
+def test_run_list_cursor_paging_is_stable_while_runs_are_added(api, deploy):
+    bulk_runs(deploy, 5)
+    original = list(Run.objects.order_by("-number").values_list("number", flat=True))
+
+    url = "/api/v1/runs?cursor=&per_page=2"
+    seen: list[int] = []
+    for _ in range(10):  # bounded
+        response = api.get(url)
+        assert response.status_code == 200
+        seen += numbers(response)
+        bulk_runs(deploy, 3)  # new runs arrive between page fetches
+        url = response.json()["next"]
+        if url is None:
+            break
+        query = parse_qs(urlsplit(url).query)
+        assert "cursor" in query and "page" not in query
+
+    assert seen == original  # nothing repeated, nothing skipped, new runs not mixed in
+
+
+def test_run_list_uses_the_same_number_of_queries_for_5_and_50_runs(
+    api, deploy, flaky, start_run, operator, author
+):
+    def make(n: int) -> None:
+        for i in range(n):
+            runbook = deploy if i % 2 else flaky
+            start_run(runbook, user=operator if i % 3 else author, labels={"i": str(i)})
+
+    def count_queries() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            response = api.get("/api/v1/runs?per_page=100")
+        assert response.status_code == 200
+        return len(queries), len(response.json()["results"])
+
+    make(5)
+    api.get("/api/v1/runs")  # first use of the token records last_used_at
+    few, shown = count_queries()
+    assert shown == 5
+    make(45)
+    many, shown = count_queries()
+    assert shown == 50
+    assert many == few
+
+
+# --- Stats ----------------------------------------------------------------------------------
+
+
+def test_stats_count_runs_and_success_rate(api, finished, failed):
+    response = api.get("/api/v1/stats/runs?period=day")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["total"] == 2
+    assert body["by_status"]["succeeded"] == 1 and body["by_status"]["failed"] == 1
+    assert body["success_rate"] == 0.5
+    assert set(body["duration_ms"]) == {"p50", "p95"}
+    assert sum(day["total"] for day in body["daily"]) == 2
+    only = api.get("/api/v1/stats/runs?period=week&runbook=flaky").json()
+    assert only["total"] == 1 and only["by_status"]["failed"] == 1
+
+
+def test_stats_reject_an_unknown_period(api, db):
+    response = api.get("/api/v1/stats/runs?period=year")
+    assert response.status_code == 400
+    assert list(response.json()["details"]) == ["period"]
+
+
+# --- Errors for paths and methods -----------------------------------------------------------
+
+
+def test_unknown_path_under_api_is_404_with_the_error_body(api, db):
+    for path in ("/api/v1/nope", "/api/v1/runs/abc", "/api/v2/runs"):
+        response = api.get(path)
+        assert response.status_code == 404, path
+        body = response.json()
+        assert set(body) == ERROR_KEYS
+        assert body["error"] == "not-found"
+
+
+def test_wrong_method_is_405_with_the_error_body(api, finished):
+    for method, path in [
+        ("delete", f"/api/v1/runs/{finished.number}"),
+        ("put", "/api/v1/runs"),
+        ("get", f"/api/v1/runs/{finished.number}/cancel"),
+    ]:
+        response = getattr(api, method)(path)
+        assert response.status_code == 405, (method, path)
+        body = response.json()
+        assert set(body) == ERROR_KEYS
+        assert body["error"] == "method-not-allowed"
+        assert method.upper() in body["message"]
+
+
+def test_malformed_json_is_400_bad_request(api, deploy):
+    response = api.post("/api/v1/runs", "{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad-request"
+    assert not Run.objects.exists()
+
+
+def test_other_users_can_read_runs_started_by_someone_else(db, deploy, start_run, as_user):
+    run = start_run(deploy, user=make_user("zed", "operator"))
+    viewer = make_user("val", "viewer")
+    assert as_user(viewer).get(f"/api/v1/runs/{run.number}").status_code == 200
