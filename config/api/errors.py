@@ -6,8 +6,10 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.csrf import csrf_exempt
+from django.views.defaults import server_error as django_server_error
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from config.errors import DomainError
@@ -51,6 +53,12 @@ def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        # DRF checks permissions before throttles, so without this a client guessing tokens
+        # would get unlimited 401s: count failed authentications against the anonymous rate.
+        throttle = AnonRateThrottle()
+        if not throttle.allow_request(context["request"], context["view"]):
+            exc = exceptions.Throttled(wait=throttle.wait())
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -85,3 +93,11 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
         body = error_body("permission-denied", f"CSRF check failed: {reason}")
         return JsonResponse(body, status=status.HTTP_403_FORBIDDEN)
     return django_csrf_failure(request, reason=reason)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """500: the error body under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        body = error_body("server-error", "Something went wrong on our side; it was logged.")
+        return JsonResponse(body, status=500)
+    return django_server_error(request)

@@ -108,3 +108,20 @@ def test_anonymous_gets_429_after_the_allowance(rates, db):
     for _ in range(2):
         assert client.get("/api/schema/").status_code == 200
     assert_rate_limited(client.get("/api/schema/"))
+
+
+def test_failed_authentication_is_throttled_at_the_anonymous_rate(client, monkeypatch):
+    from django.core.cache import cache
+    from rest_framework.throttling import AnonRateThrottle
+
+    monkeypatch.setattr(AnonRateThrottle, "THROTTLE_RATES", {"anon": "3/min", "user": "1000/min"})
+    cache.clear()
+    statuses = [
+        client.get("/api/v1/runs", HTTP_AUTHORIZATION="Bearer sw_guess").status_code
+        for _ in range(5)
+    ]
+    assert statuses[:3] == [401, 401, 401]
+    assert statuses[3:] == [429, 429]
+    response = client.get("/api/v1/runs")
+    assert response.status_code == 429 and int(response["Retry-After"]) >= 1
+    assert response.json()["error"] == "rate-limited"
