@@ -1,0 +1,133 @@
+"""Approval pages: my inbox and history, and one approval with its context and decision form.
+
+Approving needs no role, only being named by the approval, so these views ask for a login,
+not a role; someone with a role may read every approval.
+"""
+
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+from approvals.models import Approval, Decision
+from approvals.services import approval_decide
+from approvals.state import ApprovalStatus
+from config.api.permissions import has_role
+from config.errors import DomainError, PermissionDenied, ValidationFailed
+from config.views import domain_error_response, forbidden
+from runbooks.forms import RunForm
+from runbooks.params import ParamSpec
+
+
+def _visible(request: HttpRequest):
+    approvals = Approval.objects.select_related("run__runbook", "step", "requested_by")
+    if has_role(request.user, "viewer"):
+        return approvals
+    return approvals.decidable_by(request.user)
+
+
+def can_decide(approval: Approval, user) -> bool:
+    return (
+        approval.is_open
+        and approval.names(user)
+        and (approval.allow_self_approval or approval.requested_by_id != user.pk)
+        and not any(d.user_id == user.pk for d in approval.decisions.all())
+    )
+
+
+@login_required
+@require_GET
+def approval_list(request: HttpRequest) -> HttpResponse:
+    mine = [
+        approval
+        for approval in _visible(request)
+        .pending()
+        .decidable_by(request.user)
+        .prefetch_related("decisions")
+        .order_by("opened_at")[:100]
+        if can_decide(approval, request.user)
+    ]
+    history = _visible(request).exclude(status=ApprovalStatus.PENDING).order_by("-closed_at")[:50]
+    others = _visible(request).pending().exclude(pk__in=[a.pk for a in mine]).order_by("opened_at")
+    return render(
+        request,
+        "approvals/approval_list.html",
+        {"mine": mine, "others": others[:50], "history": history},
+    )
+
+
+def _form(approval: Approval, data: Any = None) -> RunForm:
+    specs = [ParamSpec.model_validate(field) for field in approval.fields]
+    return RunForm(specs, data, prefix="values")
+
+
+def _detail_context(request: HttpRequest, approval: Approval, form: RunForm | None = None):
+    run = approval.run
+    steps = list(run.steps.order_by("position"))
+    return {
+        "approval": approval,
+        "run": run,
+        "done": [s for s in steps if s.position < approval.step.position and s.kind != "group"],
+        "following": [s for s in steps if s.position > approval.step.position],
+        "decisions": list(approval.decisions.select_related("user")),
+        "approve_count": sum(
+            d.verdict == Decision.Verdict.APPROVE for d in approval.decisions.all()
+        ),
+        "can_decide": can_decide(approval, request.user),
+        "form": form or _form(approval),
+    }
+
+
+def _get(request: HttpRequest, pk: int) -> Approval:
+    approval = _visible(request).prefetch_related("decisions").filter(pk=pk).first()
+    if approval is None:
+        raise Http404("No such approval")
+    return approval
+
+
+@login_required
+@require_GET
+def approval_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    approval = _get(request, pk)
+    template = "approvals/approval_detail.html"
+    if request.htmx:
+        template += "#decision-panel"
+    return render(request, template, _detail_context(request, approval))
+
+
+@login_required
+@require_POST
+def approval_decision(request: HttpRequest, pk: int) -> HttpResponse:
+    approval = _get(request, pk)
+    approve = request.POST.get("verdict") == "approve"
+    form = _form(approval, request.POST)
+    form.is_valid()  # field-level parsing only; the service validates the values
+    values = {name: value for name, value in form.params().items() if value not in (None, "")}
+    comment = request.POST.get("comment" if approve else "reason", "")
+    try:
+        approval_decide(
+            approval=approval,
+            user=request.user,
+            approve=approve,
+            comment=comment,
+            values=values,
+            origin="ui",
+        )
+    except ValidationFailed as error:
+        form.add_service_errors(
+            {key.replace("values.", "params."): messages for key, messages in error.details.items()}
+        )
+        context = _detail_context(request, approval, form)
+        context["decision_error"] = error.message
+        return render(request, "approvals/approval_detail.html", context, status=400)
+    except PermissionDenied as error:
+        return forbidden(request, error.message)
+    except DomainError as error:
+        return domain_error_response(request, error)
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        return redirect(target)
+    return redirect("approvals:approval_detail", pk=approval.pk)

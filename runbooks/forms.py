@@ -1,0 +1,95 @@
+"""The run form, generated from a runbook version's params.
+
+The form only parses what the browser sent: every rule (required, ranges, patterns, choices)
+is checked by `runs.services.run_create`, the one path the API and CLI use too, and its
+messages are put beside the fields they name.
+"""
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from django import forms
+
+from runbooks.params import ParamSpec
+
+
+def _initial(spec: ParamSpec) -> Any:
+    value = spec.default
+    if value is None:
+        return None
+    if spec.type == "json":
+        return json.dumps(value, indent=2)
+    if spec.type == "multichoice":
+        return [str(v) for v in value]
+    if spec.type == "datetime":
+        return str(value)[:16]
+    if spec.type == "secret":
+        return None  # a secret default is never sent to the browser
+    return value
+
+
+def _field(spec: ParamSpec) -> forms.Field:
+    attrs: dict[str, Any] = {}
+    choices = [(str(choice), str(choice)) for choice in spec.choices or []]
+    widget: forms.Widget
+    if spec.type == "text":
+        widget = forms.Textarea(attrs={"rows": 4})
+    elif spec.type == "json":
+        widget = forms.Textarea(attrs={"rows": 5, "class": "mono", "spellcheck": "false"})
+    elif spec.type in ("integer", "number"):
+        attrs["step"] = "1" if spec.type == "integer" else "any"
+        if spec.min is not None:
+            attrs["min"] = spec.min
+        if spec.max is not None:
+            attrs["max"] = spec.max
+        widget = forms.NumberInput(attrs=attrs)
+    elif spec.type == "boolean":
+        return forms.BooleanField(
+            required=False, label=spec.display_label, help_text=spec.description or ""
+        )
+    elif spec.type == "choice":
+        blank = [] if spec.default is not None and spec.required else [("", "—")]
+        widget = forms.Select(choices=blank + choices)
+    elif spec.type == "multichoice":
+        widget = forms.CheckboxSelectMultiple(choices=choices)
+    elif spec.type == "date":
+        widget = forms.DateInput(attrs={"type": "date"})
+    elif spec.type == "datetime":
+        widget = forms.DateTimeInput(attrs={"type": "datetime-local"})
+    elif spec.type == "secret":
+        widget = forms.PasswordInput(attrs={"autocomplete": "off"})
+    else:
+        if spec.pattern:
+            attrs["placeholder"] = spec.pattern.strip("^$")
+        widget = forms.TextInput(attrs=attrs)
+    return forms.Field(
+        required=False, label=spec.display_label, help_text=spec.description or "", widget=widget
+    )
+
+
+class RunForm(forms.Form):
+    """One field per param, named after it; `params()` gives what run_create expects."""
+
+    def __init__(self, specs: Sequence[ParamSpec], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.specs = list(specs)
+        for spec in self.specs:
+            field = _field(spec)
+            field.initial = _initial(spec)
+            field.param_type = spec.type
+            field.param_required = spec.required and spec.default is None
+            self.fields[spec.name] = field
+
+    def params(self) -> dict[str, Any]:
+        return {spec.name: self.cleaned_data.get(spec.name) for spec in self.specs}
+
+    def add_service_errors(self, details: Mapping[str, list[str]]) -> None:
+        """Puts ValidationFailed details (`params.<name>`) beside their fields."""
+        for key, messages in details.items():
+            name = key.removeprefix("params.")
+            for message in messages:
+                if name in self.fields:
+                    self.add_error(name, message)
+                else:
+                    self.add_error(None, f"{name}: {message}")

@@ -1,0 +1,100 @@
+// Stepwise: small progressive enhancements. Pages work without this file.
+(function () {
+  "use strict";
+
+  var closedGroups = new Set();
+
+  function logBox() { return document.querySelector("[data-log]"); }
+
+  function following() {
+    var box = document.querySelector("[data-log-follow]");
+    return !box || box.checked;
+  }
+
+  function scrollLog() {
+    var log = logBox();
+    if (log && following()) log.scrollTop = log.scrollHeight;
+  }
+
+  function applySearch() {
+    var input = document.querySelector("[data-log-search]");
+    var log = logBox();
+    if (!input || !log) return;
+    var needle = input.value.trim().toLowerCase();
+    var lines = log.querySelectorAll(".log-line");
+    for (var i = 0; i < lines.length; i++) {
+      var hit = !needle || lines[i].textContent.toLowerCase().indexOf(needle) !== -1;
+      lines[i].hidden = !hit;
+    }
+    log.classList.toggle("searching", !!needle);
+  }
+
+  function markSelected() {
+    var step = new URLSearchParams(location.search).get("step") || "";
+    document.querySelectorAll("[data-step-link]").forEach(function (a) {
+      a.classList.toggle("selected", a.getAttribute("data-step-link") === step);
+    });
+  }
+
+  function restoreGroups(root) {
+    (root || document).querySelectorAll("details[data-group]").forEach(function (d) {
+      if (closedGroups.has(d.getAttribute("data-group"))) d.open = false;
+    });
+  }
+
+  document.addEventListener("toggle", function (event) {
+    var d = event.target;
+    if (!(d instanceof HTMLDetailsElement) || !d.hasAttribute("data-group")) return;
+    if (d.open) closedGroups.delete(d.getAttribute("data-group"));
+    else closedGroups.add(d.getAttribute("data-group"));
+  }, true);
+
+  document.addEventListener("input", function (event) {
+    if (event.target.matches("[data-log-search]")) applySearch();
+  });
+
+  document.addEventListener("change", function (event) {
+    if (event.target.matches("[data-log-follow]")) scrollLog();
+  });
+
+  document.addEventListener("click", function (event) {
+    var copy = event.target.closest("[data-copy]");
+    if (copy) {
+      var field = document.querySelector(copy.getAttribute("data-copy"));
+      if (field) {
+        field.select();
+        var done = function () { copy.textContent = "Copied"; setTimeout(function () { copy.textContent = "Copy"; }, 2000); };
+        if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(field.value).then(done, function () { document.execCommand("copy"); done(); });
+        else { document.execCommand("copy"); done(); }
+      }
+    }
+    var link = event.target.closest("[data-step-link]");
+    if (link) {
+      document.querySelectorAll("[data-step-link].selected").forEach(function (a) { a.classList.remove("selected"); });
+      link.classList.add("selected");
+    }
+    var menu = document.querySelector(".usermenu[open]");
+    if (menu && !menu.contains(event.target)) menu.open = false;
+  });
+
+  document.addEventListener("submit", function (event) {
+    var message = event.target.getAttribute("data-confirm");
+    if (message && !window.confirm(message)) event.preventDefault();
+  });
+
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var id = event.detail.target && event.detail.target.id;
+    if (id === "run-steps") {
+      restoreGroups(document.getElementById("run-steps"));
+      markSelected();
+    }
+    if (id === "run-log" || id === "log-tail" || id === "log-head") {
+      applySearch();
+      if (id !== "log-head") scrollLog();
+    }
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    scrollLog();
+  });
+})();

@@ -1,0 +1,104 @@
+"""Approval pages: the inbox, one approval with its context, deciding in the browser."""
+
+import pytest
+
+from approvals.models import Approval
+from tests.approvals.test_approvals import GATED, person, waiting_run
+
+
+@pytest.fixture
+def gate(make_runbook):
+    runbook = make_runbook(GATED.replace("REQUIRED", "1").replace("SELF", "false"))
+    olivia = person("olivia", "operator")
+    alice = person("alice")
+    run, approval = waiting_run(runbook, olivia)
+    return run, approval, olivia, alice
+
+
+def test_inbox_lists_what_waits_for_me(client, gate):
+    _, approval, _, alice = gate
+    client.force_login(alice)
+    page = client.get("/approvals/")
+    assert page.status_code == 200
+    assert "Waiting for me" in page.text and "Restart api?" in page.text
+    assert f"/approvals/{approval.pk}/" in page.text
+
+
+def test_pages_need_a_login(client, gate):
+    _, approval, *_ = gate
+    assert client.get("/approvals/").status_code == 302
+    assert client.get(f"/approvals/{approval.pk}/").status_code == 302
+    response = client.post(f"/approvals/{approval.pk}/decide", {"verdict": "approve"})
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+    assert Approval.objects.get(pk=approval.pk).status == "pending"
+
+
+def test_detail_shows_the_context_and_the_form_to_an_approver(client, gate):
+    run, approval, _, alice = gate
+    client.force_login(alice)
+    page = client.get(f"/approvals/{approval.pk}/").text
+    assert run.title in page and "olivia" in page
+    assert "check" in page and "restart" in page  # done and what follows
+    assert 'value="approve"' in page and 'value="deny"' in page
+    assert 'name="values-window"' in page
+
+
+def test_requester_sees_no_buttons_and_is_refused_when_posting(client, gate):
+    _, approval, olivia, _ = gate
+    client.force_login(olivia)
+    page = client.get(f"/approvals/{approval.pk}/").text
+    assert 'value="approve"' not in page and "you cannot approve it" in page
+    response = client.post(f"/approvals/{approval.pk}/decide", {"verdict": "approve"})
+    assert response.status_code == 403
+    assert Approval.objects.get(pk=approval.pk).status == "pending"
+
+
+def test_approving_in_the_browser_closes_it_and_the_run_goes_on(client, gate):
+    run, approval, _, alice = gate
+    client.force_login(alice)
+    response = client.post(
+        f"/approvals/{approval.pk}/decide",
+        {"verdict": "approve", "comment": "ship it", "values-window": "tonight"},
+    )
+    assert response.status_code == 302
+    approval.refresh_from_db()
+    assert approval.status == "approved"
+    assert approval.decisions.get().comment == "ship it"
+    assert approval.step.outputs["window"] == "tonight"
+    run.refresh_from_db()
+    assert run.status == "running"
+
+
+def test_deny_without_a_reason_shows_the_message_and_changes_nothing(client, gate):
+    _, approval, _, alice = gate
+    client.force_login(alice)
+    response = client.post(f"/approvals/{approval.pk}/decide", {"verdict": "deny", "reason": ""})
+    assert response.status_code == 400 and "A deny needs a reason." in response.text
+    assert Approval.objects.get(pk=approval.pk).status == "pending"
+
+
+def test_invalid_form_value_is_shown_beside_its_field(client, gate):
+    _, approval, _, alice = gate
+    client.force_login(alice)
+    response = client.post(
+        f"/approvals/{approval.pk}/decide", {"verdict": "approve", "values-replicas": "99"}
+    )
+    assert response.status_code == 400 and "must be at most 5" in response.text
+    assert Approval.objects.get(pk=approval.pk).status == "pending"
+
+
+def test_decision_panel_is_an_htmx_fragment_that_stops_polling_once_closed(client, gate):
+    _, approval, _, alice = gate
+    client.force_login(alice)
+    open_panel = client.get(f"/approvals/{approval.pk}/", HTTP_HX_REQUEST="true").text
+    assert open_panel.lstrip().startswith('<section id="decision-panel"')
+    assert 'hx-trigger="every 2s"' in open_panel and "<html" not in open_panel
+    client.post(f"/approvals/{approval.pk}/decide", {"verdict": "deny", "reason": "no"})
+    closed_panel = client.get(f"/approvals/{approval.pk}/", HTTP_HX_REQUEST="true").text
+    assert "hx-trigger" not in closed_panel and "Denied" in closed_panel
+
+
+def test_someone_not_named_cannot_see_the_approval(client, gate):
+    _, approval, *_ = gate
+    client.force_login(person("stranger"))
+    assert client.get(f"/approvals/{approval.pk}/").status_code == 404

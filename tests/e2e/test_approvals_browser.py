@@ -1,0 +1,86 @@
+"""Approvals in the browser: the approver's badge, inbox and decision; the operator's run page
+following along without a reload."""
+
+import pytest
+from playwright.sync_api import expect
+
+from approvals.models import Approval
+from runs import services
+from tests.ui.conftest import make_user
+
+pytestmark = [pytest.mark.worker, pytest.mark.timeout(180)]
+
+GATED = """
+slug: gated
+name: Gated change
+steps:
+  - id: check
+    name: Check
+    shell: echo "checked"
+  - id: gate
+    name: Approve the change
+    approval:
+      message: "Apply the change to production?"
+      approvers: {users: [alice]}
+  - id: apply
+    name: Apply
+    shell: echo "applying, approved by {{ steps.gate.outputs.approved_by }}"
+"""
+
+
+@pytest.fixture
+def people(transactional_db):
+    return make_user("otto", "operator"), make_user("alice")
+
+
+def start_and_open(page_for, live_server, make_runbook, cluster, people):
+    operator, approver = people
+    runbook = make_runbook(GATED)
+    cluster()
+    run = services.run_create(runbook=runbook, params={}, user=operator, origin="ui")
+    operator_page = page_for(operator)
+    operator_page.goto(f"{live_server.url}/runs/{run.number}/")
+    expect(operator_page.locator("#run-status")).to_have_text("waiting", timeout=30_000)
+    operator_page.evaluate("window.__notReloaded = true")
+    approver_page = page_for(approver)
+    expect(approver_page.locator(".nav-badge")).to_have_text("1")
+    approver_page.click("nav >> text=Approvals")
+    approver_page.click("text=Apply the change to production?")
+    expect(approver_page.locator("h1")).to_have_text("Apply the change to production?")
+    return run, operator_page, approver_page
+
+
+def test_approver_approves_and_the_operator_sees_the_run_continue(
+    page_for, live_server, make_runbook, cluster, people
+):
+    run, operator_page, approver_page = start_and_open(
+        page_for, live_server, make_runbook, cluster, people
+    )
+    approver_page.fill("#approve-comment", "looks good")
+    approver_page.click("button:has-text('Approve')")
+    expect(approver_page.locator("#decision-panel")).to_contain_text("approved")
+    expect(approver_page.locator("#decision-panel")).to_contain_text("looks good")
+    expect(operator_page.locator("#run-status")).to_have_text("succeeded", timeout=30_000)
+    expect(operator_page.locator("[data-log]")).to_contain_text(
+        "applying, approved by alice", timeout=30_000
+    )
+    assert operator_page.evaluate("window.__notReloaded") is True
+    assert Approval.objects.get(run=run).status == "approved"
+
+
+def test_approver_denies_and_the_run_fails_with_the_reason(
+    page_for, live_server, make_runbook, cluster, people
+):
+    run, operator_page, approver_page = start_and_open(
+        page_for, live_server, make_runbook, cluster, people
+    )
+    approver_page.fill("#deny-reason", "change freeze")
+    approver_page.click("button:has-text('Deny')")
+    expect(approver_page.locator("#decision-panel")).to_contain_text("Denied")
+    expect(operator_page.locator("#run-status")).to_have_text("failed", timeout=30_000)
+    expect(operator_page.locator("#run-header")).to_contain_text(
+        "denied by alice: change freeze", timeout=30_000
+    )
+    assert operator_page.evaluate("window.__notReloaded") is True
+    run.refresh_from_db()
+    assert run.error["message"] == "Step 2 (gate) failed: denied by alice: change freeze"

@@ -1,0 +1,244 @@
+"""The runs list and a run's page: filters, paging, query counts, live fragments, logs,
+cancel and retry."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from runs.models import LogEntry, LogLevel, Run
+from tests.conftest import drain
+
+
+def _fragment(client, url: str, target: str):
+    return client.get(url, HTTP_HX_REQUEST="true", HTTP_HX_TARGET=target)
+
+
+# --- List -----------------------------------------------------------------------------------
+
+
+def test_run_list_shows_runs_newest_first(login, viewer, every_type, start_run):
+    first = start_run(every_type)
+    second = start_run(every_type)
+    page = login(viewer).get("/runs/").content.decode()
+    assert page.index(f"#{second.number}") < page.index(f"#{first.number}")
+
+
+def test_run_list_filters_by_status_and_runbook(login, viewer, every_type, flaky, start_run):
+    active = start_run(every_type)
+    failed = drain(start_run(flaky))
+    client = login(viewer)
+    page = client.get("/runs/", {"status": "failed"}).content.decode()
+    assert f"/runs/{failed.number}/" in page
+    assert f"/runs/{active.number}/" not in page
+    page = client.get("/runs/", {"runbook": "every-type"}).content.decode()
+    assert f"/runs/{active.number}/" in page
+    assert f"/runs/{failed.number}/" not in page
+
+
+def test_run_list_filters_by_label_and_who_and_date(login, viewer, operator, every_type, start_run):
+    labelled = start_run(every_type, user=operator, labels={"env": "prod"})
+    other = start_run(every_type)
+    client = login(viewer)
+    page = client.get("/runs/", {"label": "env:prod"}).content.decode()
+    assert f"/runs/{labelled.number}/" in page and f"/runs/{other.number}/" not in page
+    page = client.get("/runs/", {"created_by": "otto"}).content.decode()
+    assert f"/runs/{labelled.number}/" in page and f"/runs/{other.number}/" not in page
+    tomorrow = (timezone.now() + timedelta(days=1)).date().isoformat()
+    page = client.get("/runs/", {"since": tomorrow}).content.decode()
+    assert "No runs match these filters" in page
+
+
+def test_run_list_pages_with_before(login, viewer, every_type, start_run):
+    runs = [start_run(every_type) for _ in range(55)]
+    client = login(viewer)
+    page = client.get("/runs/").content.decode()
+    assert page.count('<td class="num"><a href="/runs/') == 50
+    oldest_shown = runs[5].number
+    assert f"?before={oldest_shown}" in page
+    page = client.get("/runs/", {"before": oldest_shown}).content.decode()
+    assert page.count('<td class="num"><a href="/runs/') == 5
+    assert "Older runs" not in page
+
+
+def test_run_list_htmx_request_gets_the_table_only(login, viewer, every_type, start_run):
+    start_run(every_type)
+    response = login(viewer).get("/runs/", {"status": "queued"}, HTTP_HX_REQUEST="true")
+    body = response.content.decode()
+    assert body.lstrip().startswith('<section id="run-table"')
+    assert "<html" not in body
+
+
+def _count_queries(client, url: str) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url).status_code == 200
+    return len(queries)
+
+
+def test_run_list_query_count_does_not_grow_with_runs(
+    login, viewer, every_type, flaky, start_run, django_assert_num_queries
+):
+    client = login(viewer)
+    for _ in range(3):
+        start_run(every_type, labels={"a": "b"})
+    client.get("/runs/")  # warm the session and caches
+    few = _count_queries(client, "/runs/")
+    for _ in range(27):
+        start_run(flaky, user=viewer)
+    with django_assert_num_queries(few):
+        client.get("/runs/")
+
+
+# --- A run's page ---------------------------------------------------------------------------
+
+
+def test_run_page_shows_header_steps_params_and_events(login, viewer, every_type, start_run):
+    run = start_run(
+        every_type, user=viewer, params={"service": "web", "password": "hunter2"}, origin="ui"
+    )
+    page = login(viewer).get(f"/runs/{run.number}/").content.decode()
+    assert run.title in page
+    assert "hunter2" not in page and "***" in page
+    for text in ("1", "hello", "2.1", "left", "parallel", "shell", "started from ui"):
+        assert text in page
+    assert 'hx-trigger="every 1s"' in page
+
+
+@pytest.mark.parametrize("target", ["run-header", "run-steps", "run-log"])
+def test_htmx_fragments_are_the_partial_only(login, viewer, every_type, start_run, target):
+    run = start_run(every_type)
+    response = _fragment(login(viewer), f"/runs/{run.number}/", target)
+    body = response.content.decode().strip()
+    assert body.startswith(f'<section id="{target}"')
+    assert "<html" not in body and "<nav" not in body
+
+
+def test_pollers_stop_once_the_run_is_terminal(login, viewer, flaky, start_run):
+    run = drain(start_run(flaky))
+    client = login(viewer)
+    for target in ("run-header", "run-steps"):
+        body = _fragment(client, f"/runs/{run.number}/", target).content.decode()
+        assert "hx-trigger" not in body
+    body = client.get(f"/runs/{run.number}/log?after=0", HTTP_HX_REQUEST="true").content.decode()
+    assert "hx-trigger" not in body
+    assert "first" in body  # the lines are there
+
+
+def test_active_run_pollers_keep_polling(login, viewer, every_type, start_run):
+    run = start_run(every_type)
+    client = login(viewer)
+    for target in ("run-header", "run-steps"):
+        body = _fragment(client, f"/runs/{run.number}/", target).content.decode()
+        assert 'hx-trigger="every 1s"' in body
+
+
+def _log(run: Run, message: str, level: int = LogLevel.INFO) -> LogEntry:
+    return LogEntry.objects.create(
+        run=run, timestamp=timezone.now(), level=level, stream="stdout", message=message
+    )
+
+
+def test_log_poller_returns_only_lines_after_its_seq(login, viewer, every_type, start_run):
+    run = start_run(every_type)
+    old = _log(run, "old line")
+    _log(run, "new line")
+    body = login(viewer).get(f"/runs/{run.number}/log", {"after": old.seq}, HTTP_HX_REQUEST="true")
+    text = body.content.decode()
+    assert "new line" in text and "old line" not in text
+    assert 'id="log-tail"' in text and 'hx-trigger="every 1s"' in text
+
+
+def test_log_level_filter_and_step_selection(login, viewer, every_type, start_run):
+    run = start_run(every_type)
+    _log(run, "chatty", LogLevel.DEBUG)
+    _log(run, "broken", LogLevel.ERROR)
+    step = run.steps.get(key="left")
+    LogEntry.objects.create(
+        run=run, step=step, timestamp=timezone.now(), level=20, stream="stdout", message="on left"
+    )
+    client = login(viewer)
+    page = _fragment(client, f"/runs/{run.number}/?level=error", "run-log").content.decode()
+    assert "broken" in page and "chatty" not in page
+    page = _fragment(client, f"/runs/{run.number}/?step=left", "run-log").content.decode()
+    assert "on left" in page and "broken" not in page
+    page = _fragment(client, f"/runs/{run.number}/?step=group", "run-log").content.decode()
+    assert "on left" in page and "broken" not in page
+
+
+def test_long_log_shows_its_tail_and_loads_earlier_lines(login, viewer, every_type, start_run):
+    run = start_run(every_type)
+    LogEntry.objects.bulk_create(
+        LogEntry(run=run, timestamp=timezone.now(), level=20, stream="stdout", message=f"line {i}")
+        for i in range(1200)
+    )
+    client = login(viewer)
+    page = client.get(f"/runs/{run.number}/").content.decode()
+    assert page.count('class="log-line') == 1000
+    assert "line 1199" in page and ">line 199<" not in page
+    assert "Load earlier lines" in page
+    first = LogEntry.objects.filter(run=run).order_by("seq")[200].seq
+    earlier = client.get(
+        f"/runs/{run.number}/log", {"before": first}, HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert earlier.count('class="log-line') == 200
+    assert ">line 0<" in earlier and "Load earlier lines" not in earlier
+
+
+def test_log_download_is_plain_text(login, viewer, every_type, start_run):
+    run = start_run(every_type)
+    _log(run, "hello world")
+    response = login(viewer).get(f"/runs/{run.number}/log.txt")
+    assert response["Content-Type"].startswith("text/plain")
+    assert "attachment" in response["Content-Disposition"]
+    assert "hello world" in b"".join(response.streaming_content).decode()
+
+
+def test_finished_run_page_shows_outputs_and_error(login, viewer, flaky, start_run):
+    run = drain(start_run(flaky))
+    page = login(viewer).get(f"/runs/{run.number}/").content.decode()
+    assert "Why it failed" in page
+    assert 'hx-trigger="every 1s"' not in page
+
+
+# --- Actions --------------------------------------------------------------------------------
+
+
+def test_operator_cancels_a_run_with_a_reason(login, operator, every_type, start_run):
+    run = start_run(every_type)
+    response = login(operator).post(f"/runs/{run.number}/cancel", {"reason": "wrong service"})
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert run.status in ("cancelling", "cancelled")
+    assert run.cancel_reason == "wrong service"
+
+
+def test_cancel_needs_a_reason(login, operator, every_type, start_run):
+    run = start_run(every_type)
+    client = login(operator)
+    client.post(f"/runs/{run.number}/cancel", {"reason": "  "})
+    run.refresh_from_db()
+    assert run.status == "queued"
+
+
+def test_cancel_of_a_finished_run_says_why(login, operator, flaky, start_run):
+    run = drain(start_run(flaky))
+    response = login(operator).post(f"/runs/{run.number}/cancel", {"reason": "late"}, follow=True)
+    assert "only active runs can be cancelled" in response.content.decode()
+
+
+def test_operator_retries_from_the_failed_step(login, operator, flaky, start_run):
+    run = drain(start_run(flaky))
+    response = login(operator).post(f"/runs/{run.number}/retry", {"from": "failed"})
+    new = Run.objects.get(retried_from=run)
+    assert response["Location"] == f"/runs/{new.number}/"
+    assert new.origin == "ui"
+    assert new.steps.get(key="first").status == "succeeded"
+
+
+def test_operator_retries_from_start(login, operator, flaky, start_run):
+    run = drain(start_run(flaky))
+    login(operator).post(f"/runs/{run.number}/retry", {"from": "start"})
+    new = Run.objects.get(retried_from=run)
+    assert new.steps.get(key="first").status != "succeeded"
