@@ -94,8 +94,18 @@ def approval_detail(request: HttpRequest, pk: int) -> HttpResponse:
     approval = _get(request, pk)
     template = "approvals/approval_detail.html"
     if request.htmx:
-        template += "#decision-panel"
-    return render(request, template, _detail_context(request, approval))
+        # The state polls on its own; the forms are left alone so typing is never lost.
+        part = "decision-state" if request.GET.get("part") == "state" else "decision-panel"
+        template += f"#{part}"
+    context = _detail_context(request, approval)
+    context["next"] = _safe_next(request, request.GET.get("next", ""))
+    return render(request, template, context)
+
+
+def _safe_next(request: HttpRequest, target: str) -> str:
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        return target
+    return ""
 
 
 @login_required
@@ -122,12 +132,13 @@ def approval_decision(request: HttpRequest, pk: int) -> HttpResponse:
         )
         context = _detail_context(request, approval, form)
         context["decision_error"] = error.message
+        context["next"] = _safe_next(request, request.POST.get("next", ""))
         return render(request, "approvals/approval_detail.html", context, status=400)
     except PermissionDenied as error:
         return forbidden(request, error.message)
     except DomainError as error:
         return domain_error_response(request, error)
-    target = request.POST.get("next", "")
-    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+    target = _safe_next(request, request.POST.get("next", ""))
+    if target:
         return redirect(target)
     return redirect("approvals:approval_detail", pk=approval.pk)

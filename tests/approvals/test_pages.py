@@ -96,9 +96,50 @@ def test_decision_panel_is_an_htmx_fragment_that_stops_polling_once_closed(clien
     client.post(f"/approvals/{approval.pk}/decide", {"verdict": "deny", "reason": "no"})
     closed_panel = client.get(f"/approvals/{approval.pk}/", HTTP_HX_REQUEST="true").text
     assert "hx-trigger" not in closed_panel and "Denied" in closed_panel
+    assert 'value="approve"' not in closed_panel
 
 
 def test_someone_not_named_cannot_see_the_approval(client, gate):
     _, approval, *_ = gate
     client.force_login(person("stranger"))
     assert client.get(f"/approvals/{approval.pk}/").status_code == 404
+
+
+def test_run_page_loads_the_decision_panel_inline_and_decisions_return_there(client, gate):
+    run, approval, *_ = gate
+    client.force_login(person("dave", "sre-leads", "viewer"))  # an approver who can see runs
+    run_page = client.get(f"/runs/{run.number}/").text
+    assert f'hx-get="/approvals/{approval.pk}/?next=/runs/{run.number}/"' in run_page
+    panel = client.get(
+        f"/approvals/{approval.pk}/?next=/runs/{run.number}/", HTTP_HX_REQUEST="true"
+    ).text
+    assert panel.lstrip().startswith('<section id="decision-panel"')
+    assert f'name="next" value="/runs/{run.number}/"' in panel
+    response = client.post(
+        f"/approvals/{approval.pk}/decide",
+        {"verdict": "approve", "next": f"/runs/{run.number}/"},
+    )
+    assert response.status_code == 302 and response["Location"] == f"/runs/{run.number}/"
+    assert Approval.objects.get(pk=approval.pk).status == "approved"
+
+
+def test_decision_state_polls_alone_and_removes_the_forms_once_closed(client, gate):
+    _, approval, _, alice = gate
+    client.force_login(alice)
+    state = client.get(f"/approvals/{approval.pk}/?part=state", HTTP_HX_REQUEST="true").text
+    assert state.lstrip().startswith('<div id="decision-state"') and "every 2s" in state
+    assert "<form" not in state
+    client.post(f"/approvals/{approval.pk}/decide", {"verdict": "deny", "reason": "no"})
+    state = client.get(f"/approvals/{approval.pk}/?part=state", HTTP_HX_REQUEST="true").text
+    assert "hx-trigger" not in state
+    assert '<div id="decision-forms" hx-swap-oob="true"></div>' in state
+
+
+def test_next_pointing_elsewhere_is_ignored(client, gate):
+    _, approval, _, alice = gate
+    client.force_login(alice)
+    response = client.post(
+        f"/approvals/{approval.pk}/decide",
+        {"verdict": "approve", "next": "https://evil.example.com/"},
+    )
+    assert response["Location"] == f"/approvals/{approval.pk}/"
