@@ -69,8 +69,11 @@ class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
     def get_queryset(self) -> QuerySet[Run]:
         return selectors.run_list().order_by("-number")
 
-    def _out(self, run: Run, status_code: int = 200) -> Response:
-        run = selectors.run_summaries([selectors.run_list().get(pk=run.pk)])[0]
+    def _out(self, run: Run, status_code: int = 200, *, fresh: bool = False) -> Response:
+        """The run as the API shows it; re-read unless `fresh` (a service may have moved it)."""
+        if not fresh:
+            run = selectors.run_list().get(pk=run.pk)
+        run = selectors.run_summaries([run])[0]
         return Response(RunOutput(run, context={"request": self.request}).data, status=status_code)
 
     @extend_schema(summary="List runs", responses={200: RunOutput(many=True), **ERRORS})
@@ -83,7 +86,7 @@ class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
 
     @extend_schema(summary="Get a run", responses={200: RunOutput, **ERRORS})
     def retrieve(self, request: Request, number: str) -> Response:
-        return self._out(_run_or_404(number))
+        return self._out(_run_or_404(number), fresh=True)
 
     @extend_schema(
         summary="Start a run", request=RunCreateInput, responses={202: RunOutput, **ERRORS}
