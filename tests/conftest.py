@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import connection
 
 from runbooks.models import Runbook
@@ -40,6 +41,39 @@ def wait_for(
 def _work_dirs(settings, tmp_path):
     settings.STEPWISE_WORK_DIR = tmp_path / "work"
     settings.MEDIA_ROOT = tmp_path / "media"
+    # The real hasher is slow on purpose; tests make many users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def make_user(username: str, role: str | None = None, **extra):
+    """A user with password pw-<username>-123 and, optionally, a role (a group)."""
+    user = get_user_model().objects.create_user(
+        username, f"{username}@example.com", f"pw-{username}-123", **extra
+    )
+    if role:
+        # get_or_create: transactional tests flush the groups the migration made
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
+    return user
+
+
+@pytest.fixture
+def viewer(db):
+    return make_user("vera", "viewer")
+
+
+@pytest.fixture
+def operator(db):
+    return make_user("otto", "operator")
+
+
+@pytest.fixture
+def author(db):
+    return make_user("ada", "author")
+
+
+@pytest.fixture
+def outsider(db):
+    return make_user("olga")
 
 
 @pytest.fixture

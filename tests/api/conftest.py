@@ -7,8 +7,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
@@ -19,6 +17,7 @@ from config.services import token_create
 from runbooks.models import Runbook
 from runs import services
 from runs.models import Run
+from tests.conftest import make_user
 
 DEPLOY = """
 slug: deploy
@@ -70,21 +69,9 @@ steps:
 
 
 @pytest.fixture(autouse=True)
-def _fast_passwords_and_fresh_throttle_history(db, settings):
-    # Hashing a password the production way takes a third of a second per user.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+def _fresh_throttle_history(db):
     # Throttling keeps request history in the cache; no test inherits another's.
     cache.clear()
-
-
-def make_user(username: str, role: str | None = None, **extra):
-    user = get_user_model().objects.create_user(
-        username, f"{username}@example.com", f"pw-{username}-123", **extra
-    )
-    if role:
-        # get_or_create: a transactional test's flush removes the groups the migration made.
-        user.groups.add(Group.objects.get_or_create(name=role)[0])
-    return user
 
 
 def bearer(user, name: str = "test", **kwargs) -> tuple[ApiToken, str]:
@@ -96,26 +83,6 @@ def api_client(secret: str | None = None) -> APIClient:
     if secret:
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return client
-
-
-@pytest.fixture
-def viewer(db):
-    return make_user("vera", "viewer")
-
-
-@pytest.fixture
-def operator(db):
-    return make_user("otto", "operator")
-
-
-@pytest.fixture
-def author(db):
-    return make_user("ada", "author")
-
-
-@pytest.fixture
-def outsider(db):
-    return make_user("olga")
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from rest_framework.test import APIClient
 
 from config.models import IdempotencyRecord
 from runs.models import Run
-from tests.api.conftest import api_client, bearer, make_user, race
+from tests.api.conftest import api_client, bearer, race
+from tests.conftest import make_user
 
 START = {"runbook": "deploy", "params": {"service": "web"}}
 

@@ -10,8 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from runbooks.services import runbook_archive
 from runs import services
 from runs.models import Run
-from tests.api.conftest import make_user
-from tests.conftest import drain
+from tests.conftest import drain, make_user
 
 RUN_KEYS = {
     "number", "id", "url", "runbook", "title", "status", "params", "labels", "created_by",

@@ -9,7 +9,8 @@ from knox.crypto import hash_token
 from rest_framework.test import APIClient
 
 from config.models import ApiToken
-from tests.api.conftest import api_client, bearer, make_user
+from tests.api.conftest import api_client, bearer
+from tests.conftest import make_user
 
 LIST_KEYS = {"id", "name", "prefix", "created_at", "expires_at", "last_used_at"}
 

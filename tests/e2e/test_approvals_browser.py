@@ -6,7 +6,7 @@ from playwright.sync_api import expect
 
 from approvals.models import Approval
 from runs import services
-from tests.ui.conftest import make_user
+from tests.conftest import make_user
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(180)]
 

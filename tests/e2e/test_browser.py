@@ -10,8 +10,7 @@ from playwright.sync_api import expect
 from config.models import ApiToken
 from runs import services
 from runs.models import Run
-from tests.conftest import drain, wait_for_run
-from tests.ui.conftest import make_user
+from tests.conftest import drain, make_user, wait_for_run
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(180)]
 

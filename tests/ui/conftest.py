@@ -3,8 +3,6 @@
 from collections.abc import Callable
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.test import Client
 
 from runbooks.models import Runbook
@@ -50,36 +48,6 @@ steps:
   - id: second
     shell: exit 3
 """
-
-
-def make_user(username: str, role: str | None = None, **extra):
-    user = get_user_model().objects.create_user(
-        username, f"{username}@example.com", f"pw-{username}-123", **extra
-    )
-    if role:
-        # get_or_create: transactional tests flush the groups the migration made
-        user.groups.add(Group.objects.get_or_create(name=role)[0])
-    return user
-
-
-@pytest.fixture
-def viewer(db):
-    return make_user("vera", "viewer")
-
-
-@pytest.fixture
-def operator(db):
-    return make_user("otto", "operator")
-
-
-@pytest.fixture
-def author(db):
-    return make_user("ada", "author")
-
-
-@pytest.fixture
-def outsider(db):
-    return make_user("olga")
 
 
 @pytest.fixture
