@@ -1,8 +1,10 @@
 """Runbook pages: the catalogue with search and labels, and a runbook's page with its run
 form. Starting a run goes through runs.services.run_create, as the API does."""
 
+import difflib
 from typing import Any
 
+import yaml
 from django.contrib import messages
 from django.db.models import OuterRef, Subquery
 from django.http import HttpRequest, HttpResponse
@@ -13,7 +15,7 @@ from config.errors import DomainError, ValidationFailed
 from config.views import role_required
 from runbooks.filters import RunbookFilter
 from runbooks.forms import RunForm
-from runbooks.models import Runbook
+from runbooks.models import Runbook, RunbookVersion
 from runbooks.services import version_definition
 from runs import selectors, services
 from runs.models import Run
@@ -114,3 +116,40 @@ def runbook_run(request: HttpRequest, slug: str) -> HttpResponse:
         else ("runbooks/runbook_detail.html")
     )
     return render(request, template, _page(request, runbook, form), status=400)
+
+
+def _version_text(version: RunbookVersion) -> str:
+    """What the author wrote, or (for JSON-created versions) the definition as YAML."""
+    if version.source.strip():
+        return version.source
+    return yaml.safe_dump(version.definition, sort_keys=False, allow_unicode=True)
+
+
+@role_required("viewer")
+@require_GET
+def runbook_diff(request: HttpRequest, slug: str) -> HttpResponse:
+    """A unified diff between two versions (`?from=1&to=3`; by default the last two)."""
+    runbook = get_object_or_404(Runbook, slug=slug)
+    versions = list(runbook.versions.order_by("number"))
+    by_number = {v.number: v for v in versions}
+    newest = versions[-1].number if versions else 0
+
+    def pick(name: str, default: int) -> RunbookVersion | None:
+        value = request.GET.get(name, "")
+        return by_number.get(int(value) if value.isdigit() else default)
+
+    new = pick("to", newest)
+    old = pick("from", (new.number - 1) if new else 0)
+    lines: list[tuple[str, str]] = []
+    if old and new:
+        diff = difflib.unified_diff(
+            _version_text(old).splitlines(),
+            _version_text(new).splitlines(),
+            fromfile=f"v{old.number}",
+            tofile=f"v{new.number}",
+            lineterm="",
+        )
+        kinds = {"+": "add", "-": "del", "@": "hunk"}
+        lines = [(kinds.get(line[:1], "same"), line) for line in diff]
+    context = {"runbook": runbook, "versions": versions, "old": old, "new": new, "lines": lines}
+    return render(request, "runbooks/runbook_diff.html", context)
