@@ -88,13 +88,50 @@
       restoreGroups(document.getElementById("run-steps"));
       markSelected();
     }
+    if (id === "run-log") streamLog();  // another step or level: a new stream
     if (id === "run-log" || id === "log-tail" || id === "log-head") {
       applySearch();
       if (id !== "log-head") scrollLog();
     }
   });
 
+  // Live log over Server-Sent Events when the browser has them; the htmx poller on
+  // #log-tail is the fallback and is retired once the stream is open. Lines carry their seq,
+  // so a line that both delivered is shown once.
+  function lastSeq(log) {
+    var lines = log.querySelectorAll(".log-line[data-seq]");
+    return lines.length ? parseInt(lines[lines.length - 1].getAttribute("data-seq"), 10) : 0;
+  }
+
+  var source = null;
+
+  function streamLog() {
+    if (source) { source.close(); source = null; }
+    var log = logBox();
+    if (!log || !window.EventSource || !log.hasAttribute("data-log-stream")) return;
+    source = new EventSource(log.getAttribute("data-log-stream") + "after=" + lastSeq(log));
+    source.addEventListener("open", function () {
+      var tail = document.getElementById("log-tail");
+      if (tail && tail.hasAttribute("hx-trigger")) {
+        var quiet = document.createElement("div");
+        quiet.id = "log-tail";
+        tail.replaceWith(quiet);
+      }
+    });
+    source.addEventListener("line", function (event) {
+      if (parseInt(event.lastEventId, 10) <= lastSeq(log)) return;
+      var tail = document.getElementById("log-tail");
+      var holder = document.createElement("div");
+      holder.innerHTML = event.data;
+      while (holder.firstChild) log.insertBefore(holder.firstChild, tail);
+      applySearch();
+      scrollLog();
+    });
+    source.addEventListener("end", function () { if (source) source.close(); });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     scrollLog();
+    streamLog();
   });
 })();
