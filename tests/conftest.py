@@ -19,6 +19,7 @@ from runbooks.models import Runbook
 from runbooks.services import definition_parse, runbook_save
 from runs import runner
 from runs.models import Run
+from runs.services import run_create
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,6 +89,18 @@ def make_runbook(db) -> Callable[[str], Runbook]:
         return runbook_save(definition=definition_parse(text=text), source=text, user=None).runbook
 
     return make
+
+
+@pytest.fixture
+def start_run() -> Callable[..., Run]:
+    """Starts a run through the service; it stays active until something executes it."""
+
+    def start(runbook: Runbook, user=None, **kwargs) -> Run:
+        kwargs.setdefault("params", {})
+        kwargs.setdefault("origin", "api")
+        return run_create(runbook=runbook, user=user, **kwargs)
+
+    return start
 
 
 def drain(run: Run, timeout: float = 60) -> Run:

@@ -15,8 +15,6 @@ from rest_framework.test import APIClient
 from config.models import ApiToken
 from config.services import token_create
 from runbooks.models import Runbook
-from runs import services
-from runs.models import Run
 from tests.conftest import make_user
 
 DEPLOY = """
@@ -111,18 +109,6 @@ def deploy(make_runbook) -> Runbook:
 @pytest.fixture
 def flaky(make_runbook) -> Runbook:
     return make_runbook(FAILING)
-
-
-@pytest.fixture
-def start_run() -> Callable[..., Run]:
-    """Starts a run through the service (not executed: it stays active)."""
-
-    def start(runbook: Runbook, user=None, **kwargs) -> Run:
-        kwargs.setdefault("params", {})
-        kwargs.setdefault("origin", "api")
-        return services.run_create(runbook=runbook, user=user, **kwargs)
-
-    return start
 
 
 def race(*calls: Callable[[], Any], timeout: float = 60) -> list[Any]:

@@ -6,8 +6,6 @@ import pytest
 from django.test import Client
 
 from runbooks.models import Runbook
-from runs import services
-from runs.models import Run
 
 EVERY_TYPE = """
 slug: every-type
@@ -68,15 +66,3 @@ def every_type(make_runbook) -> Runbook:
 @pytest.fixture
 def flaky(make_runbook) -> Runbook:
     return make_runbook(FAILING)
-
-
-@pytest.fixture
-def start_run() -> Callable[..., Run]:
-    """Starts a run through the service; it stays active (no worker runs it)."""
-
-    def start(runbook: Runbook, user=None, **kwargs) -> Run:
-        kwargs.setdefault("params", {})
-        kwargs.setdefault("origin", "api")
-        return services.run_create(runbook=runbook, user=user, **kwargs)
-
-    return start
