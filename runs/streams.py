@@ -14,12 +14,62 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.loader import render_to_string
 
 from config.api.permissions import has_role
-from runs.models import Run
+from runs.models import LogEntry, Run
 from runs.views import PAGE, _level, _log_entries, _selected_step
 
-POLL = 0.15  # seconds between looks for new lines: a line shows up within ~250 ms
+POLL = 0.1  # seconds between the hub's looks for new lines
 BATCH = 500
 KEEPALIVE = 15.0  # seconds between comments that keep proxies from closing an idle stream
+
+
+class _LogHub:
+    """One poller per process for every open stream: streams sleep until it sees new lines
+    of their run, so a hundred open run pages cost one query per tick, not a hundred."""
+
+    def __init__(self) -> None:
+        self.waiters: dict[int, set[asyncio.Event]] = {}
+        self.task: asyncio.Task | None = None
+        self.last: int | None = None
+
+    async def wait(self, run_pk: int, timeout: float) -> None:
+        event = asyncio.Event()
+        self.waiters.setdefault(run_pk, set()).add(event)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._poll())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self.waiters.get(run_pk, set()).discard(event)
+            if not self.waiters.get(run_pk):
+                self.waiters.pop(run_pk, None)
+
+    async def _poll(self) -> None:
+        if self.last is None:
+            self.last = await _max_seq()
+        while self.waiters:
+            rows = await _new_rows(self.last)
+            if rows:
+                self.last = max(seq for seq, _ in rows)
+                for run_pk in {run_pk for _, run_pk in rows}:
+                    for event in self.waiters.get(run_pk, ()):
+                        event.set()
+            await asyncio.sleep(POLL)
+
+
+@sync_to_async
+def _max_seq() -> int:
+    return LogEntry.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
+
+
+@sync_to_async
+def _new_rows(after: int) -> list[tuple[int, int]]:
+    return list(LogEntry.objects.filter(seq__gt=after).values_list("seq", "run_id")[:5000])
+
+
+_hub = _LogHub()
+TERMINAL_CHECK = 5.0  # seconds a quiet stream waits before looking at its run again
 
 
 def _start_after(request: HttpRequest) -> int:
@@ -68,11 +118,12 @@ async def run_log_stream(request: HttpRequest, number: int) -> HttpResponse:
             if lines:
                 quiet = 0.0
                 continue
-            quiet += POLL
+            started = asyncio.get_running_loop().time()
+            await _hub.wait(number, TERMINAL_CHECK)
+            quiet += asyncio.get_running_loop().time() - started
             if quiet >= KEEPALIVE:
                 quiet = 0.0
                 yield ": keep-alive\n\n"
-            await asyncio.sleep(POLL)
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
 from runs.services import run_create
@@ -110,3 +111,66 @@ async def _as(user, url: str, **extra) -> tuple[int, str]:
     if user is not None:
         await client.aforce_login(user)
     return await read_stream(client, url, **extra)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stream_delivers_lines_written_while_it_is_open_then_ends_with_the_run(make_runbook):
+    from django.utils import timezone
+
+    from runs.models import LogEntry, Run
+
+    viewer = make_user("vic", "viewer")
+    runbook = make_runbook(RUNBOOK)
+    run = run_create(runbook=runbook, params={}, user=None, origin="cli")  # not executed
+
+    def write(message: str) -> None:
+        LogEntry.objects.create(
+            run=run, timestamp=timezone.now(), level=50, stream="system", message=message
+        )
+
+    async def follow() -> list[str]:
+        client = AsyncClient()
+        await client.aforce_login(viewer)
+        response = await client.get(f"/runs/{run.number}/log/stream")
+        seen: list[str] = []
+        written = False
+        async for chunk in response.streaming_content:
+            text = chunk.decode() if isinstance(chunk, bytes) else chunk
+            for event in events_of(text):
+                seen.append(event["event"] + ":" + event.get("data", ""))
+                if event["event"] == "line" and "written later" in event["data"]:
+                    await sync_to_async(Run.objects.filter(pk=run.pk).update)(status="cancelled")
+                if event["event"] == "end":
+                    return seen
+            if not written:
+                written = True  # the stream is open and has sent what there was
+                await sync_to_async(write)("written later")
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(follow(), timeout=30))
+    assert any("written later" in s for s in seen)
+    assert seen[-1] == "end:"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hub_wakes_a_waiting_stream_when_its_run_gets_a_line(make_runbook):
+    from django.utils import timezone
+
+    from runs.models import LogEntry
+    from runs.streams import _LogHub
+
+    run = run_create(runbook=make_runbook(RUNBOOK), params={}, user=None, origin="cli")
+    hub = _LogHub()
+
+    async def scenario() -> bool:
+        waiting = asyncio.create_task(hub.wait(run.pk, timeout=60))
+        while run.pk not in hub.waiters or hub.last is None:
+            await asyncio.sleep(0.01)
+        await sync_to_async(LogEntry.objects.create)(
+            run=run, timestamp=timezone.now(), level=20, stream="stdout", message="hello"
+        )
+        # Woken by the hub, not by the 60 s timeout.
+        await asyncio.wait_for(waiting, timeout=20)
+        return run.pk not in hub.waiters
+
+    assert asyncio.run(scenario()) is True
