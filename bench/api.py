@@ -13,12 +13,10 @@ prints a table and a JSON line; figures go to docs/benchmarks.md.
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,7 @@ from statistics import quantiles
 from urllib.parse import urlparse
 
 import httpx
+import stack  # bench/stack.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 100_000
@@ -203,65 +202,18 @@ def main() -> None:
     }
     if args.database_url:
         pg_database(args.database_url, "create")
-    processes: list[subprocess.Popen] = []
+    processes: list = []
     try:
         print(f"loading {RUNS:,} runs ...", file=sys.stderr)
         token = prepare(env)
-        log = (work / "server.log").open("wb")
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "config.asgi:application",
-                    "--port",
-                    str(PORT),
-                    "--workers",
-                    args.web_workers,
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"],
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
+        processes = stack.start(env, PORT, args.web_workers, work / "server.log")
         base = f"http://127.0.0.1:{PORT}"
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         print("measuring ...", file=sys.stderr)
         figures = asyncio.run(measure(base, token, args.quick))
         locked = (work / "server.log").read_text(errors="replace").count("database is locked")
         figures["database_is_locked_errors"] = locked
     finally:
-        for process in processes:
-            with_group = process.pid
-            try:
-                os.kill(with_group, signal.SIGTERM)
-                process.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(with_group, signal.SIGKILL)
-        if args.database_url:
-            pg_database(args.database_url, "drop")
+        stack.stop(processes)
         shutil.rmtree(work, ignore_errors=True)
     backend = "postgresql" if args.database_url else "sqlite"
     d, lf, ld, c = (figures[k] for k in ("detail", "list_first_page", "list_deep_cursor", "create"))

@@ -14,17 +14,16 @@ On a throwaway SQLite database it measures:
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from statistics import quantiles
+
+import stack  # bench/stack.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 8798
@@ -188,7 +187,7 @@ def main() -> None:
         "STEPWISE_WORKERS": "2",
     }
     n = 20 if args.quick else 60
-    processes: list[subprocess.Popen] = []
+    processes: list = []
     try:
         print(f"loading {RUNS:,} runs and a {LOG_LINES:,}-line log ...", file=sys.stderr)
         setup = SETUP.replace("RUNS", str(RUNS)).replace("LOG_LINES", str(LOG_LINES))
@@ -202,47 +201,8 @@ def main() -> None:
             check=True,
         )
         pages = json.loads(out.stdout.strip().splitlines()[-1])
-        log = (work / "server.log").open("wb")
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "config.asgi:application",
-                    "--port",
-                    str(PORT),
-                    "--workers",
-                    "1",
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"],
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
+        processes = stack.start(env, PORT, "1", work / "server.log")
         base = f"http://127.0.0.1:{PORT}"
-        import httpx
-
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         print("measuring log latency in the browser ...", file=sys.stderr)
         latency = browser_latency(base, env, 30 if args.quick else 60)
         print("opening 100 log streams ...", file=sys.stderr)
@@ -277,14 +237,7 @@ def main() -> None:
         tree = [server, *server.children(recursive=True)]
         cpu = (sum(sum(p.cpu_times()[:2]) for p in tree) - before) / seconds * 100
     finally:
-        for process in processes:
-            try:
-                os.kill(process.pid, signal.SIGTERM)
-                process.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+        stack.stop(processes)
         shutil.rmtree(work, ignore_errors=True)
     figures = {
         "log_to_browser_ms": {
