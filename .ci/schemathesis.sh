@@ -12,7 +12,9 @@ $py manage.py migrate -v0
 $py manage.py runbooks sync examples >/dev/null
 $py manage.py shell -c "from django.contrib.auth.models import User; User.objects.create_superuser('fuzz', 'fuzz@example.com', 'fuzz-password-123')"
 token=$($py manage.py create_token fuzz --name schemathesis 2>/dev/null)
-$py -m uvicorn config.asgi:application --port "$port" --log-level warning &
+# The server's own log (a 404 line per fuzzed URL) goes to a file; schemathesis reports failures.
+$py -m uvicorn config.asgi:application --port "$port" --log-level warning \
+  >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
 .venv/bin/schemathesis run "http://127.0.0.1:$port/api/schema/" \
@@ -22,4 +24,5 @@ trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
   --phases examples,coverage,fuzzing \
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-30}" \
   --workers 2 \
-  --seed 1
+  --seed 1 \
+  || { echo "-- the server's log, last lines:"; tail -n 60 "$work/server.log"; exit 1; }
