@@ -267,10 +267,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-# Throttling counts in a cache every process shares: the database by default, Redis when
-# STEPWISE_CACHE is a redis:// URL.
+# The default cache holds throttling counters and nothing else. In memory by default: each
+# web process counts on its own (so a client gets up to STEPWISE_WEB_WORKERS times its rate)
+# and no API request writes to the database. STEPWISE_CACHE=redis://... shares one count.
 CACHES = {
-    "default": env.cache_url("STEPWISE_CACHE", default="dbcache://stepwise_cache"),
+    "default": env.cache_url("STEPWISE_CACHE", default="locmemcache://throttling"),
     # django-q2 writes its cluster status to a cache twice a second; kept in memory so an
     # idle cluster does not write to the database.
     "cluster-status": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},

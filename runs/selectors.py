@@ -13,16 +13,22 @@ from runs.state import RUN_TERMINAL, RunStatus, StepStatus
 
 
 def run_list() -> QuerySet[Run]:
-    return Run.objects.select_related("runbook", "version", "created_by", "retried_from")
+    """Runs with what a list or a detail shows. A version's definition and source text are
+    large and read through `version_steps`' cache, so they stay in the database."""
+    return Run.objects.select_related("runbook", "version", "created_by").defer(
+        "version__definition", "version__source"
+    )
 
 
 def run_summaries(runs: Iterable[Run]) -> list[Run]:
-    """Attaches `step_counts`, `current_steps` and `open_approval` to each run, in three
-    queries for any page."""
+    """Attaches `step_counts`, `current_steps` and `open_approval` to each run, in at most
+    three queries for any page: one when every run on it has ended, since an ended run has
+    no running or waiting step and no open approval (`_stop_if_idle` cancels them)."""
     runs = list(runs)
     counts: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(StepStatus.values, 0))
     current: dict[int, list[str]] = defaultdict(list)
     pks = [run.pk for run in runs]
+    active_pks = [run.pk for run in runs if run.status not in RUN_TERMINAL]
     if pks:
         rows = (
             Step.objects.leaves()
@@ -33,19 +39,20 @@ def run_summaries(runs: Iterable[Run]) -> list[Run]:
         )
         for run_id, status, n in rows:
             counts[run_id][status] = n
+    if active_pks:
         active = (
             Step.objects.leaves()
-            .filter(run_id__in=pks, status__in=[StepStatus.RUNNING, StepStatus.WAITING])
+            .filter(run_id__in=active_pks, status__in=[StepStatus.RUNNING, StepStatus.WAITING])
             .order_by("position")
             .values_list("run_id", "number")
         )
         for run_id, number in active:
             current[run_id].append(number)
     open_approvals: dict[int, Approval] = {}
-    if pks:
+    if active_pks:
         for approval in (
             Approval.objects.pending()
-            .filter(run_id__in=pks)
+            .filter(run_id__in=active_pks)
             .select_related("step")
             .annotate(approve_count=Count("decisions", filter=Q(decisions__verdict="approve")))
             .order_by("opened_at")

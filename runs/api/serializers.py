@@ -7,6 +7,17 @@ from rest_framework import serializers
 
 from runs.models import Artifact, LogEntry, LogLevel, Run, Step
 
+_DATETIME = serializers.DateTimeField()
+
+
+def _timestamp(value):
+    return None if value is None else _DATETIME.to_representation(value)
+
+
+def _error(error: dict[str, Any]) -> dict[str, str | None]:
+    step = error.get("step")
+    return {"message": str(error["message"]), "step": None if step is None else str(step)}
+
 
 class RunCreateInput(serializers.Serializer):
     runbook = serializers.SlugField()
@@ -105,6 +116,39 @@ class RunOutput(serializers.ModelSerializer):
             "error",
             "cancel_reason",
         ]
+
+    def to_representation(self, run: Run) -> dict[str, Any]:
+        """The fields above, built directly.
+
+        Written by hand because DRF's field-by-field walk costs about 0.5 ms a run, most of a
+        25-run page's time. The declarations above still drive the OpenAPI schema, and
+        tests/api/test_runs_api.py checks this against DRF's own output for runs in every
+        state.
+        """
+        error = run.error
+        return {
+            "number": run.number,
+            "id": str(run.uuid),
+            "url": self.get_url(run),
+            "runbook": self.get_runbook(run),
+            "title": run.title,
+            "status": run.status,
+            "params": run.params,
+            "labels": run.labels,
+            "created_by": self.get_created_by(run),
+            "origin": run.origin,
+            "retried_from": run.retried_from_id,
+            "created_at": _timestamp(run.created_at),
+            "started_at": _timestamp(run.started_at),
+            "finished_at": _timestamp(run.finished_at),
+            "duration_ms": run.duration_ms,
+            "steps": run.step_counts,
+            "current_steps": [str(number) for number in run.current_steps],
+            "pending_approval": self.get_pending_approval(run),
+            "outputs": run.outputs,
+            "error": error and _error(error),
+            "cancel_reason": self.get_cancel_reason(run),
+        }
 
     def get_url(self, run: Run) -> str:
         request = self.context.get("request")

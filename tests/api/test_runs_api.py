@@ -648,3 +648,45 @@ def test_other_users_can_read_runs_started_by_someone_else(db, deploy, start_run
     run = start_run(deploy, user=make_user("zed", "operator"))
     viewer = make_user("val", "viewer")
     assert as_user(viewer).get(f"/api/v1/runs/{run.number}").status_code == 200
+
+
+# --- The hand-built representation -----------------------------------------------------------
+
+
+def test_run_output_matches_drfs_own_serialization_in_every_state(
+    api, finished, failed, deploy, start_run, operator, make_runbook
+):
+    """RunOutput builds its dict by hand for speed; it must equal DRF's field-by-field walk."""
+    from rest_framework.serializers import ModelSerializer
+    from rest_framework.test import APIRequestFactory
+
+    from runs import selectors
+    from runs.api.serializers import RunOutput
+    from tests.approvals.test_approvals import GATED, waiting_run
+
+    cancelled = start_run(deploy, user=operator, labels={"team": "sre"})
+    services.run_cancel(run=cancelled, user=operator, reason="wrong window")
+    queued = start_run(deploy, user=operator)
+    retried = services.run_retry(run=failed, user=operator, origin="api", mode="failed")
+    gate = GATED.replace("REQUIRED", "2").replace("SELF", "false")
+    waiting, _ = waiting_run(make_runbook(gate), operator)
+    Run.objects.filter(pk=finished.pk).update(error={"message": "boom", "step": 3})
+    numbers = [run.pk for run in (finished, failed, cancelled, queued, retried, waiting)]
+
+    request = APIRequestFactory().get("/api/v1/runs")
+    runs = selectors.run_summaries(selectors.run_list().filter(pk__in=numbers))
+    assert {run.status for run in runs} >= {"succeeded", "failed", "cancelled", "waiting"}
+    assert any(run.open_approval for run in runs) and any(run.retried_from_id for run in runs)
+    for run in runs:
+        serializer = RunOutput(run, context={"request": request})
+        assert serializer.data == ModelSerializer.to_representation(serializer, run), run.status
+
+
+def test_finished_run_detail_takes_four_queries(api, finished):
+    api.get(f"/api/v1/runs/{finished.number}")  # first use of the token records last_used_at
+    with CaptureQueriesContext(connection) as queries:
+        response = api.get(f"/api/v1/runs/{finished.number}")
+    assert response.status_code == 200
+    # The token with its user, the user's roles, the run with its runbook, version and
+    # creator, the step counts. No throttling write: its counters are in memory.
+    assert len(queries) == 4, [query["sql"] for query in queries]
