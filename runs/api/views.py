@@ -51,9 +51,14 @@ class RunPagination(PagePagination):
         return super().get_paginated_response(data)
 
 
-def _run_or_404(number: Any) -> Run:
+def _shown() -> QuerySet[Run]:
+    """Runs with only the columns the API shows of them."""
+    return selectors.run_list().only(*RunOutput.COLUMNS)
+
+
+def _run_or_404(number: Any, runs: QuerySet[Run] | None = None) -> Run:
     try:
-        return selectors.run_list().get(pk=int(number))
+        return (selectors.run_list() if runs is None else runs).get(pk=int(number))
     except (Run.DoesNotExist, ValueError, TypeError):
         raise NotFound(f"There is no run #{number}.") from None
 
@@ -67,12 +72,12 @@ class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
     serializer_class = RunOutput
 
     def get_queryset(self) -> QuerySet[Run]:
-        return selectors.run_list().order_by("-number")
+        return _shown().order_by("-number")
 
     def _out(self, run: Run, status_code: int = 200, *, fresh: bool = False) -> Response:
         """The run as the API shows it; re-read unless `fresh` (a service may have moved it)."""
         if not fresh:
-            run = selectors.run_list().get(pk=run.pk)
+            run = _shown().get(pk=run.pk)
         run = selectors.run_summaries([run])[0]
         return Response(RunOutput(run, context={"request": self.request}).data, status=status_code)
 
@@ -86,7 +91,7 @@ class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
 
     @extend_schema(summary="Get a run", responses={200: RunOutput, **ERRORS})
     def retrieve(self, request: Request, number: str) -> Response:
-        return self._out(_run_or_404(number), fresh=True)
+        return self._out(_run_or_404(number, _shown()), fresh=True)
 
     @extend_schema(
         summary="Start a run", request=RunCreateInput, responses={202: RunOutput, **ERRORS}
