@@ -7,7 +7,7 @@ from functools import lru_cache
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.errors import Conflict, ValidationFailed
@@ -96,6 +96,31 @@ def runbook_save(
     runbook.archived_at = None
     runbook.save()
     return SaveResult(runbook, version, created=created, changed=True)
+
+
+def runbook_create(
+    *, definition: RunbookDefinition, source: str = "", user: AbstractBaseUser | None
+) -> SaveResult:
+    """Creates a runbook, or revives an archived one with a new version; refuses a slug that
+    an active runbook has (updating it is `runbook_save` with `expected_slug`)."""
+    taken = ValidationFailed(
+        "A runbook with this slug exists; PUT /runbooks/{slug} updates it.",
+        details={"slug": [f"{definition.slug!r} is taken"]},
+    )
+    # The check and the save share a transaction, and a runbook that appeared in between
+    # (another create of the same slug) rolls this one back instead of becoming version 2
+    # of it; on PostgreSQL the losing insert may also fail on the unique slug.
+    try:
+        with transaction.atomic():
+            existing = Runbook.objects.filter(slug=definition.slug).first()
+            if existing is not None and not existing.is_archived:
+                raise taken
+            result = runbook_save(definition=definition, source=source, user=user)
+            if existing is None and not result.created:
+                raise taken
+    except IntegrityError:
+        raise taken from None
+    return result
 
 
 @transaction.atomic

@@ -2,7 +2,6 @@
 
 from typing import Any
 
-from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -19,7 +18,13 @@ from config.errors import NotFound, ValidationFailed
 from runbooks.filters import RunbookFilter
 from runbooks.models import Runbook, RunbookVersion
 from runbooks.schema import RunbookDefinition
-from runbooks.services import definition_parse, runbook_archive, runbook_save, version_definition
+from runbooks.services import (
+    definition_parse,
+    runbook_archive,
+    runbook_create,
+    runbook_save,
+    version_definition,
+)
 
 
 class VersionOutput(serializers.ModelSerializer):
@@ -110,23 +115,7 @@ class RunbookViewSet(IdempotentMixin, viewsets.GenericViewSet):
     )
     def create(self, request: Request) -> Response:
         definition, source = _definition(request)
-        taken = ValidationFailed(
-            "A runbook with this slug exists; PUT /runbooks/{slug} updates it.",
-            details={"slug": [f"{definition.slug!r} is taken"]},
-        )
-        # The check and the save share a transaction, and a runbook that appeared in between
-        # (another create of the same slug) rolls this one back instead of becoming version 2
-        # of it; on PostgreSQL the losing insert may also fail on the unique slug.
-        try:
-            with transaction.atomic():
-                existing = Runbook.objects.filter(slug=definition.slug).first()
-                if existing is not None and not existing.is_archived:
-                    raise taken
-                result = runbook_save(definition=definition, source=source, user=request.user)
-                if existing is None and not result.created:
-                    raise taken
-        except IntegrityError:
-            raise taken from None
+        result = runbook_create(definition=definition, source=source, user=request.user)
         return Response(RunbookDetailOutput(result.runbook).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(

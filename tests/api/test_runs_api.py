@@ -565,6 +565,15 @@ def test_run_list_cursor_paging_is_stable_while_runs_are_added(api, deploy):
     assert seen == original  # nothing repeated, nothing skipped, new runs not mixed in
 
 
+def test_run_list_cursor_pages_carry_the_count_of_matching_runs(api, deploy, flaky, start_run):
+    bulk_runs(deploy, 4)
+    drain(start_run(flaky))
+    body = api.get("/api/v1/runs?cursor=&per_page=2&runbook=deploy").json()
+    assert list(body) == ["count", "next", "previous", "results"]
+    assert body["count"] == 4 and len(body["results"]) == 2
+    assert api.get(body["next"]).json()["count"] == 4
+
+
 def test_run_list_uses_the_same_number_of_queries_for_5_and_50_runs(
     api, deploy, flaky, start_run, operator, author
 ):
