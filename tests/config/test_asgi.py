@@ -3,9 +3,10 @@ views (the live log streams) on Django's ASGI handler."""
 
 import asyncio
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
-import pytest
 from django.core.signals import request_started
 from django.db.backends.signals import connection_created
 
@@ -14,16 +15,22 @@ from config.services import token_create
 from tests.conftest import make_user
 
 
-@pytest.fixture
-def opened_connections():
-    opened: list[int] = []
+@contextmanager
+def connections_opened() -> Iterator[list]:
+    """The database connections other threads open meanwhile (the test's own thread may
+    reopen its connection on PostgreSQL, which says nothing about the pool)."""
+    opened: list = []
+    here = threading.get_ident()
 
     def note(sender, connection, **kwargs) -> None:
-        opened.append(threading.get_ident())
+        if threading.get_ident() != here:
+            opened.append((threading.get_ident(), connection))
 
     connection_created.connect(note)
-    yield opened
-    connection_created.disconnect(note)
+    try:
+        yield opened
+    finally:
+        connection_created.disconnect(note)
 
 
 def get_many(app, paths: list[str], headers: dict[str, str] | None = None) -> list[httpx.Response]:
@@ -37,17 +44,45 @@ def get_many(app, paths: list[str], headers: dict[str, str] | None = None) -> li
     return asyncio.run(go())
 
 
-def test_api_requests_reuse_their_threads_database_connections(
-    transactional_db, opened_connections
+def shut_down(app) -> list[dict]:
+    """Sends the ASGI lifespan startup and shutdown, as uvicorn does; returns the replies."""
+
+    async def go() -> list[dict]:
+        inbox: asyncio.Queue = asyncio.Queue()
+        for kind in ("lifespan.startup", "lifespan.shutdown"):
+            inbox.put_nowait({"type": kind})
+        replies: list[dict] = []
+
+        async def send(message: dict) -> None:
+            replies.append(message)
+
+        await app({"type": "lifespan"}, inbox.get, send)
+        return replies
+
+    return asyncio.run(go())
+
+
+def test_api_requests_reuse_their_threads_connections_and_shutdown_closes_them(
+    transactional_db,
 ):
     user = make_user("otto", "operator")
     secret = token_create(user=user, name="asgi")[1]
     app = build_application(threads=2)
-    responses = get_many(app, ["/api/v1/runs"] * 20, {"Authorization": f"Bearer {secret}"})
+    with connections_opened() as opened:
+        responses = get_many(app, ["/api/v1/runs"] * 20, {"Authorization": f"Bearer {secret}"})
     assert [response.status_code for response in responses] == [200] * 20
     # At most one connection per pool thread, not one per request.
-    assert 1 <= len(opened_connections) <= 2
-    assert len(set(opened_connections)) == len(opened_connections)
+    threads = [thread for thread, _ in opened]
+    assert 1 <= len(threads) <= 2
+    assert len(set(threads)) == len(threads)
+    assert all(connection.connection is not None for _, connection in opened)
+
+    replies = shut_down(app)
+    assert [reply["type"] for reply in replies] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]
+    assert all(connection.connection is None for _, connection in opened)
 
 
 def test_sync_views_go_to_the_wsgi_handler_and_log_streams_to_the_asgi_one(transactional_db):
@@ -60,6 +95,7 @@ def test_sync_views_go_to_the_wsgi_handler_and_log_streams_to_the_asgi_one(trans
     try:
         app = build_application(threads=1)
         responses = get_many(app, ["/healthz", "/runs/1/log/stream", "/no/such/page"])
+        shut_down(app)
     finally:
         request_started.disconnect(note)
     assert [response.status_code for response in responses] == [200, 401, 404]
