@@ -13,6 +13,7 @@ viewer, to resolve its filters and to catch up to where the hub was when it join
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ POLL = 0.1  # seconds between the hub's looks at the watched runs
 BATCH = 500  # lines a starting stream reads per query while it catches up
 HUB_BATCH = 1000  # lines of one run the hub reads per tick
 KEEPALIVE = 15.0  # seconds between comments that keep proxies from closing an idle stream
+# One thread for every hub and the streams' own few queries, so they share one database
+# connection (CONN_MAX_AGE) rather than opening one per stream.
+_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-hub")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +78,7 @@ class _LogHub:
     def __init__(self) -> None:
         self.feeds: dict[int, _Feed] = {}
         self.task: asyncio.Task | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        # One thread of its own, so the hub keeps one database connection (CONN_MAX_AGE).
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-hub")
+        self.executor = _EXECUTOR
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """Runs `function` on the hub's thread."""
@@ -84,8 +86,6 @@ class _LogHub:
 
     def join(self, run_pk: int) -> _Watcher:
         loop = asyncio.get_running_loop()
-        if self.loop is not loop:  # a new event loop (tests run several): start afresh
-            self.feeds, self.task, self.loop = {}, None, loop
         feed = self.feeds.setdefault(run_pk, _Feed())
         watcher = _Watcher(start=feed.seq)
         if feed.seq is not None:
@@ -104,14 +104,20 @@ class _LogHub:
 
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
-        while self.feeds:
-            try:
-                await self._tick(loop)
-            except Exception:
-                logger.exception("log hub: a look at the watched runs failed; trying again")
-            await asyncio.sleep(POLL)
-        # Nobody watches: do not hold a database connection until somebody does.
-        await loop.run_in_executor(self.executor, connections.close_all)
+        try:
+            while True:
+                while self.feeds:
+                    try:
+                        await self._tick(loop)
+                    except Exception:
+                        logger.exception("log hub: a look at the watched runs failed")
+                    await asyncio.sleep(POLL)
+                # Nobody watches: hold no database connection until somebody does.
+                await loop.run_in_executor(self.executor, connections.close_all)
+                if not self.feeds:  # nobody joined meanwhile
+                    return
+        finally:
+            self.task = None  # a done task would keep its loop, and so this hub, alive
 
     async def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         watched = list(self.feeds)
@@ -183,7 +189,17 @@ def _event(seq: int, timestamp: Any, step_number: str | None, level: int, messag
     return f"id: {seq}\nevent: line\ndata: {html}\n\n"
 
 
-_hub = _LogHub()
+# A hub per event loop: uvicorn runs one loop per process, but a WSGI server (the tests' live
+# server) runs each async view in a loop of its own, and asyncio objects must not cross loops.
+_HUBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> _LogHub
+
+
+def _hub() -> _LogHub:
+    loop = asyncio.get_running_loop()
+    hub = _HUBS.get(loop)
+    if hub is None:
+        hub = _HUBS[loop] = _LogHub()
+    return hub
 
 
 @dataclass(frozen=True)
@@ -259,7 +275,8 @@ REFUSALS = {
 async def run_log_stream(request: HttpRequest, number: int) -> HttpResponse:
     # The hub's thread does the stream's few queries too, on the connection it keeps,
     # rather than a new thread (and a new database connection) per stream.
-    opened = await _hub.run(_open, request, number)
+    hub = _hub()
+    opened = await hub.run(_open, request, number)
     if not isinstance(opened, _Filter):
         return HttpResponse(REFUSALS[opened], status=opened, content_type="text/plain")
     where = opened
@@ -268,12 +285,12 @@ async def run_log_stream(request: HttpRequest, number: int) -> HttpResponse:
     async def events() -> AsyncIterator[str]:
         nonlocal after
         yield "retry: 1000\n\n"
-        watcher = _hub.join(number)
+        watcher = hub.join(number)
         try:
             await watcher.wake.wait()  # the hub's first look at the run sets `start`
             assert watcher.start is not None
             while after < watcher.start:  # lines from before the hub watched for us
-                lines, after = await _hub.run(_catch_up, number, where, after, watcher.start)
+                lines, after = await hub.run(_catch_up, number, where, after, watcher.start)
                 for event in lines:
                     yield event
             clock = asyncio.get_running_loop().time
@@ -295,7 +312,7 @@ async def run_log_stream(request: HttpRequest, number: int) -> HttpResponse:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(watcher.wake.wait(), KEEPALIVE - quiet)
         finally:
-            _hub.leave(number, watcher)
+            hub.leave(number, watcher)
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

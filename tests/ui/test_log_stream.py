@@ -244,3 +244,51 @@ def test_stream_makes_no_queries_of_its_own_once_started(make_runbook, monkeypat
 
 def _text(chunk: bytes | str) -> str:
     return chunk.decode() if isinstance(chunk, bytes) else chunk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_streams_in_event_loops_of_their_own_each_get_every_line(make_runbook):
+    """A WSGI server runs each async view in a loop of its own thread: hubs must not mix."""
+    import threading
+
+    from django.utils import timezone
+
+    from runs.models import LogEntry, Run
+
+    viewer = make_user("vic", "viewer")
+    run = run_create(runbook=make_runbook(RUNBOOK), params={}, user=None, origin="cli")
+    opened = threading.Barrier(3, timeout=30)
+    results: list[list[str]] = []
+
+    async def follow() -> list[str]:
+        client = AsyncClient()
+        await client.aforce_login(viewer)
+        response = await client.get(f"/runs/{run.number}/log/stream")
+        seen: list[str] = []
+        chunks = aiter(response.streaming_content)
+        seen.append(_text(await anext(chunks)))  # "retry:", sent once the stream is open
+        await asyncio.to_thread(opened.wait)
+        async for chunk in chunks:
+            seen += [e["event"] + ":" + e.get("data", "") for e in events_of(_text(chunk))]
+        return seen
+
+    def in_thread() -> None:
+        try:
+            results.append(asyncio.run(asyncio.wait_for(follow(), timeout=30)))
+        finally:
+            from django.db import connection
+
+            connection.close()
+
+    threads = [threading.Thread(target=in_thread) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    opened.wait()
+    logs_append([LogEntry(run=run, timestamp=timezone.now(), level=50, message="for both")])
+    Run.objects.filter(pk=run.pk).update(status="cancelled")
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 2
+    for seen in results:
+        assert sum("for both" in s for s in seen) == 1
+        assert seen[-1] == "end:"
