@@ -36,6 +36,7 @@ T = TypeVar("T")
 POLL = 0.1  # seconds between the hub's looks at the watched runs
 BATCH = 500  # lines a starting stream reads per query while it catches up
 HUB_BATCH = 1000  # lines of one run the hub reads per tick
+PENDING = 5000  # lines a stream may have waiting before it must read them itself
 KEEPALIVE = 15.0  # seconds between comments that keep proxies from closing an idle stream
 # One thread for every hub and the streams' own few queries, so they share one database
 # connection (CONN_MAX_AGE) rather than opening one per stream.
@@ -56,13 +57,23 @@ class _Watcher:
 
     start: int | None = None  # the hub's seq for the run when this watcher joined
     lines: list[_Line] = field(default_factory=list)
+    # Set when the stream fell too far behind and `lines` was dropped: the stream reads the
+    # lines up to this seq itself, then goes on with `lines`.
+    behind: int | None = None
     ended: bool = False  # the run is terminal and every line is in `lines`
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def take(self) -> list[_Line]:
-        lines, self.lines = self.lines, []
+    def give(self, lines: list[_Line], upto: int) -> None:
+        if len(self.lines) + len(lines) > PENDING:  # a slow reader must not grow memory
+            self.lines, self.behind = [], upto
+        else:
+            self.lines.extend(lines)
+        self.wake.set()
+
+    def take(self) -> tuple[list[_Line], int | None]:
+        lines, behind, self.lines, self.behind = self.lines, self.behind, [], None
         self.wake.clear()
-        return lines
+        return lines, behind
 
 
 @dataclass(eq=False)
@@ -143,8 +154,7 @@ class _LogHub:
                     continue  # every watcher left, and perhaps came back, meanwhile
                 feed.seq = lines[-1].seq
                 for watcher in feed.watchers:
-                    watcher.lines.extend(lines)
-                    watcher.wake.set()
+                    watcher.give(lines, feed.seq)
         for run_pk in watched:
             feed = self.feeds.get(run_pk)
             log_seq, terminal = states.get(run_pk, (0, True))
@@ -296,10 +306,15 @@ async def run_log_stream(request: HttpRequest, number: int) -> HttpResponse:
             clock = asyncio.get_running_loop().time
             last_sent = clock()
             while True:
-                lines, after = _deliver(watcher.take(), where, after)
+                given, behind = watcher.take()
+                while behind is not None and after < behind:  # the lines the hub dropped
+                    lines, after = await hub.run(_catch_up, number, where, after, behind)
+                    for event in lines:
+                        yield event
+                lines, after = _deliver(given, where, after)
                 for event in lines:
                     yield event
-                if watcher.ended and not watcher.lines:
+                if watcher.ended and not watcher.lines and watcher.behind is None:
                     yield "event: end\ndata: \n\n"
                     return
                 if lines:

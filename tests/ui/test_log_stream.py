@@ -173,7 +173,7 @@ def test_hub_hands_each_new_line_rendered_once_to_every_watcher_of_its_run(make_
         )
         await asyncio.wait_for(watchers[0].wake.wait(), timeout=20)
         await asyncio.wait_for(watchers[1].wake.wait(), timeout=20)
-        got = [watcher.take() for watcher in watchers]
+        got = [watcher.take()[0] for watcher in watchers]
         for watcher, pk in zip(watchers, (run.pk, run.pk, other.pk), strict=True):
             hub.leave(pk, watcher)
         return got
@@ -292,3 +292,58 @@ def test_streams_in_event_loops_of_their_own_each_get_every_line(make_runbook):
     for seen in results:
         assert sum("for both" in s for s in seen) == 1
         assert seen[-1] == "end:"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stream_that_falls_behind_reads_the_dropped_lines_itself(make_runbook, monkeypatch):
+    from django.utils import timezone
+
+    from runs import streams
+    from runs.models import LogEntry, Run
+
+    monkeypatch.setattr(streams, "PENDING", 2)
+    read_itself: list[tuple[int, int]] = []
+    catch_up = streams._catch_up
+
+    def record(run_pk, where, after, upto):
+        read_itself.append((after, upto))
+        return catch_up(run_pk, where, after, upto)
+
+    monkeypatch.setattr(streams, "_catch_up", record)
+    viewer = make_user("vic", "viewer")
+    run = run_create(runbook=make_runbook(RUNBOOK), params={}, user=None, origin="cli")
+
+    def append(first: int) -> None:
+        logs_append(
+            [
+                LogEntry(run=run, timestamp=timezone.now(), level=50, message=f"line {n}")
+                for n in range(first, first + 3)
+            ]
+        )
+
+    async def follow() -> list[str]:
+        client = AsyncClient()
+        await client.aforce_login(viewer)
+        response = await client.get(f"/runs/{run.number}/log/stream")
+        chunks = aiter(response.streaming_content)
+        await anext(chunks)  # "retry:"
+        pending = asyncio.ensure_future(anext(chunks))  # joins the hub, then waits
+        hub = streams._HUBS[asyncio.get_running_loop()]
+        while run.pk not in hub.feeds or hub.feeds[run.pk].seq is None:
+            await asyncio.sleep(0.01)
+        await sync_to_async(append)(1)
+        seen = [_text(await pending)]
+        for first in (4, 7):  # not read meanwhile: more than PENDING lines pile up
+            await sync_to_async(append)(first)
+            while hub.feeds[run.pk].seq < first + 2:
+                await asyncio.sleep(0.01)
+        await sync_to_async(Run.objects.filter(pk=run.pk).update)(status="cancelled")
+        async for chunk in chunks:
+            seen.append(_text(chunk))
+        return [e["event"] + ":" + e.get("data", "") for e in events_of("".join(seen))]
+
+    seen = asyncio.run(asyncio.wait_for(follow(), timeout=30))
+    lines = [s for s in seen if s.startswith("line:")]
+    assert [int(s.split("line ")[-1].split("<")[0]) for s in lines] == list(range(1, 10))
+    assert seen[-1] == "end:"
+    assert read_itself == [(0, 3), (3, 9)]  # each batch of 3 was more than PENDING: dropped
