@@ -9,7 +9,9 @@ On a throwaway SQLite database it measures:
 (b) server time of /runs/ and /runs/<n>/ with 100,000 runs in history (Django test client,
     in process, p95 over repeated requests);
 (c) server time of a run page whose log is 10 MB (100,000 lines): it renders the last 1,000;
-(d) CPU of the web server while 100 run pages of active runs stay open (100 log streams).
+(d) CPU of the web server while 100 run pages of active runs stay open (100 log streams),
+    in two windows: the first 10 s (the streams starting) and a steady state after it
+    (10 s with --quick, else 30 s). The target applies to the steady state.
 """
 
 import argparse
@@ -22,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 from statistics import quantiles
+from typing import Any
 
 import stack  # bench/stack.py, beside this script
 
@@ -29,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PORT = 8798
 RUNS = 100_000
 LOG_LINES = 100_000
+START_WINDOW = 10.0  # seconds: the streams starting
 
 
 def pct(values: list[float], fraction: float) -> float:
@@ -46,6 +50,7 @@ from django.utils import timezone
 from django.test import Client
 from runbooks.services import definition_parse, runbook_save
 from runs.models import LogEntry, Run, Step
+from runs.services import logs_append
 call_command("migrate", verbosity=0)
 admin = User.objects.create_superuser("bench", "b@example.com", "bench-password-123")
 def save(text):
@@ -64,7 +69,7 @@ big = runs[-1]
 step = big.steps.get()
 line = "x" * 90
 for start in range(0, LOG_LINES, 10000):
-    LogEntry.objects.bulk_create([
+    logs_append([
         LogEntry(run=big, step=step, attempt=1, timestamp=now, level=20, stream="stdout",
                  message=f"{i:08d} {line}") for i in range(start, start + 10000)])
 client = Client()
@@ -145,30 +150,43 @@ def browser_latency(base: str, env: dict[str, str], count: int) -> list[float]:
     return [(shown - written) * 1000 for key, (shown, written) in seen.items() if int(key) > 5]
 
 
-async def open_streams(base: str, cookie: str, numbers: list[int], seconds: float) -> int:
+async def open_streams(
+    base: str, cookie: str, numbers: list[int], windows: list[float], cpu: Any
+) -> tuple[list[float], int, int]:
+    """Opens a stream per run, then samples `cpu()` at the end of each window (seconds from
+    the moment the streams were opened). Returns the samples (the first taken before the
+    streams open), the lines received and the streams still open at the end."""
     import httpx
 
     received = 0
+    open_now = 0
 
     async def one(client: httpx.AsyncClient, number: int) -> None:
-        nonlocal received
+        nonlocal received, open_now
+        open_now += 1
         try:
             async with client.stream("GET", f"/runs/{number}/log/stream?after=0") as response:
                 async for chunk in response.aiter_bytes():
                     received += chunk.count(b"event: line")
         except httpx.HTTPError:
             pass
+        finally:
+            open_now -= 1
 
     limits = httpx.Limits(max_connections=len(numbers) + 5)
+    samples = [cpu()]
     async with httpx.AsyncClient(
         base_url=base, cookies={"sessionid": cookie}, limits=limits, timeout=None
     ) as client:
         tasks = [asyncio.create_task(one(client, n)) for n in numbers]
-        await asyncio.sleep(seconds)
+        for seconds in windows:
+            await asyncio.sleep(seconds)
+            samples.append(cpu())
+        still_open = open_now
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return received
+    return samples, received, still_open
 
 
 def main() -> None:
@@ -177,6 +195,7 @@ def main() -> None:
     args = parser.parse_args()
     import psutil
 
+    load_at_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="stepwise-uibench-"))
     env = {
         **os.environ,
@@ -230,12 +249,21 @@ def main() -> None:
         )
         cookie, *numbers = out.stdout.strip().splitlines()[-1].split()
         server = psutil.Process(processes[0].pid)
-        tree = [server, *server.children(recursive=True)]
-        before = sum(sum(p.cpu_times()[:2]) for p in tree)
-        seconds = 10 if args.quick else 20
-        received = asyncio.run(open_streams(base, cookie, [int(x) for x in numbers], seconds))
-        tree = [server, *server.children(recursive=True)]
-        cpu = (sum(sum(p.cpu_times()[:2]) for p in tree) - before) / seconds * 100
+
+        def cpu() -> float:
+            tree = [server, *server.children(recursive=True)]
+            return sum(sum(p.cpu_times()[:2]) for p in tree)
+
+        # The first window holds the streams starting (login, role, first reads); the
+        # second is the steady state, where the hub alone reads the database.
+        windows = [START_WINDOW, 10.0 if args.quick else 30.0]
+        load = os.getloadavg()
+        samples, received, still_open = asyncio.run(
+            open_streams(base, cookie, [int(x) for x in numbers], windows, cpu)
+        )
+        cpu_windows = [
+            (samples[i + 1] - samples[i]) / windows[i] * 100 for i in range(len(windows))
+        ]
     finally:
         stack.stop(processes)
         shutil.rmtree(work, ignore_errors=True)
@@ -257,8 +285,15 @@ def main() -> None:
             "p50": round(pct(pages["big_log"], 0.5), 1),
             "p95": round(pct(pages["big_log"], 0.95), 1),
         },
-        "open_pages_cpu_percent": round(cpu, 1),
+        "open_pages_cpu_percent": {
+            "first_10s": round(cpu_windows[0], 1),
+            "steady": round(cpu_windows[1], 1),
+            "steady_window_s": windows[1],
+        },
         "stream_lines_received": received,
+        "streams_open_at_end": still_open,
+        "load_at_start": [round(x, 2) for x in load_at_start],
+        "load_before_streams": [round(x, 2) for x in load],
     }
     rows = [
         ("log line -> browser p50", figures["log_to_browser_ms"]["p50"], "<= 150 ms", 150),
@@ -266,11 +301,14 @@ def main() -> None:
         ("/runs/ p95 (100k runs)", figures["runs_list_ms"]["p95"], "<= 50 ms", 50),
         ("/runs/<n>/ p95 (100k runs)", figures["run_detail_ms"]["p95"], "<= 50 ms", 50),
         ("10 MB log, last 1000 lines", figures["big_log_page_ms"]["p95"], "<= 300 ms", 300),
-        ("CPU, 100 open run pages", figures["open_pages_cpu_percent"], "<= 10 %", 10),
+        ("CPU, 100 pages, first 10 s", figures["open_pages_cpu_percent"]["first_10s"], "", None),
+        ("CPU, 100 pages, steady", figures["open_pages_cpu_percent"]["steady"], "<= 10 %", 10),
     ]
     print("Stepwise UI benchmark (SQLite, 1 web worker)")
+    print(f"load average at start {load_at_start[0]:.2f}, before the streams {load[0]:.2f}")
     for name, value, target, limit in rows:
-        print(f"{name:<30} {value:>9}   target {target:<10} {'PASS' if value <= limit else 'MISS'}")
+        verdict = "" if limit is None else ("PASS" if value <= limit else "MISS")
+        print(f"{name:<30} {value:>9}   {'target ' + target if target else '':<17} {verdict}")
     print(json.dumps(figures))
 
 

@@ -53,6 +53,9 @@ class Run(models.Model):
     outputs = models.JSONField(default=dict, blank=True)
     error = models.JSONField(null=True, blank=True)
     cancel_reason = models.TextField(blank=True)
+    log_seq = models.PositiveBigIntegerField(
+        default=0, help_text="The seq of the run's last log line (runs.services.logs_append)."
+    )
 
     objects = RunQuerySet.as_manager()
 
@@ -180,10 +183,16 @@ class LogLevel(models.IntegerChoices):
 
 
 class LogEntry(models.Model):
-    """One line of a run's log. `seq` orders a run's lines and is the paging cursor."""
+    """One line of a run's log. `seq` numbers a run's lines 1, 2, 3 ... and is the cursor.
 
-    seq = models.BigAutoField(primary_key=True)
+    Lines are numbered per run by `logs_append`, in the transaction that writes them, from the
+    run's row (`Run.log_seq`), so a run's numbers commit in order: a reader that follows `seq`
+    never skips a line that commits later. `id` orders nothing and is only the row's key.
+    """
+
+    id = models.BigAutoField(primary_key=True)
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="logs")
+    seq = models.PositiveBigIntegerField(help_text="1, 2, 3 ... within the run.")
     step = models.ForeignKey(
         Step, null=True, blank=True, on_delete=models.CASCADE, related_name="logs"
     )
@@ -194,9 +203,11 @@ class LogEntry(models.Model):
     message = models.TextField()
 
     class Meta:
-        ordering = ["seq"]
+        ordering = ["run_id", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "seq"], name="unique_log_seq_per_run"),
+        ]
         indexes = [
-            models.Index(fields=["run", "seq"], name="log_run_seq"),
             models.Index(fields=["step", "seq"], name="log_step_seq"),
         ]
 

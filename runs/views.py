@@ -90,16 +90,21 @@ def _level(value: str) -> int | None:
         return None
 
 
+def _step_family(run: Run, step: Step) -> set[int]:
+    """The step and, for a group, every step under it."""
+    family = {step.pk}
+    if step.is_group:
+        for pk, parent in run.steps.values_list("pk", "parent_id").order_by("position"):
+            if parent in family:
+                family.add(pk)
+    return family
+
+
 def _log_entries(run: Run, step: Step | None, level: int | None) -> QuerySet[LogEntry]:
     entries = LogEntry.objects.filter(run=run).select_related("step")
     if step is not None:
         if step.is_group:
-            family = {step.pk}
-            rows = list(run.steps.values_list("pk", "parent_id").order_by("position"))
-            for pk, parent in rows:
-                if parent in family:
-                    family.add(pk)
-            entries = entries.filter(step_id__in=family)
+            entries = entries.filter(step_id__in=_step_family(run, step))
         else:
             entries = entries.filter(step=step)
     if level is not None:
@@ -128,14 +133,11 @@ def _log_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "lines": lines,
         "earlier": earlier,
         "first_seq": lines[0].seq if lines else None,
-        "after": lines[-1].seq if lines else _last_seq(run),
+        # The run was read before its lines, so its log_seq is no later than the last line
+        # shown: a live view that starts after it misses nothing.
+        "after": lines[-1].seq if lines else run.log_seq,
         "live": not run.is_terminal,
     }
-
-
-def _last_seq(run: Run) -> int:
-    last = LogEntry.objects.filter(run=run).order_by("-seq").values_list("seq", flat=True)
-    return last.first() or 0
 
 
 def _header_context(run: Run) -> dict[str, Any]:

@@ -10,6 +10,9 @@ from django.http import QueryDict
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
+from runs.loglines import entry_html
+from runs.models import LogEntry
+
 register = template.Library()
 
 _MARKDOWN_TAGS = {
@@ -91,3 +94,9 @@ def query(context: template.Context, **changes: object) -> str:
 @register.filter
 def get_item(mapping: dict, key: str) -> object:
     return mapping.get(key) if isinstance(mapping, dict) else None
+
+
+@register.simple_tag
+def log_line(line: LogEntry) -> SafeString:
+    """One log line (runs.loglines): the same markup the live stream sends."""
+    return mark_safe(entry_html(line))  # noqa: S308 - every value in it is escaped

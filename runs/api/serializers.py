@@ -230,6 +230,7 @@ class LogOutput(serializers.ModelSerializer):
     class Meta:
         model = LogEntry
         fields = ["seq", "step", "step_id", "attempt", "timestamp", "level", "stream", "message"]
+        read_only_fields = fields  # output only; `seq` is numbered by the server
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_step(self, entry: LogEntry) -> str | None:

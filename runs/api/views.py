@@ -152,7 +152,9 @@ class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
     @extend_schema(
         summary="Log lines",
         parameters=[
-            OpenApiParameter("after", int, description="Only lines with a greater seq."),
+            OpenApiParameter(
+                "after", int, description="Only lines with a greater seq (1, 2, 3 ... per run)."
+            ),
             OpenApiParameter("level", str, enum=LogLevel.labels, description="Minimum level."),
             OpenApiParameter("step", str, description="A step's id or number."),
             OpenApiParameter("limit", int, description="At most this many lines (max 5000)."),

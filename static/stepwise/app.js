@@ -98,9 +98,12 @@
   // Live log over Server-Sent Events when the browser has them; the htmx poller on
   // #log-tail is the fallback and is retired once the stream is open. Lines carry their seq,
   // so a line that both delivered is shown once.
+  // With no line shown (a filter that matches none yet) the page's own cursor still counts:
+  // the stream need not read the whole log again to find there is nothing to show.
   function lastSeq(log) {
     var lines = log.querySelectorAll(".log-line[data-seq]");
-    return lines.length ? parseInt(lines[lines.length - 1].getAttribute("data-seq"), 10) : 0;
+    var shown = lines.length ? parseInt(lines[lines.length - 1].getAttribute("data-seq"), 10) : 0;
+    return Math.max(shown, parseInt(log.getAttribute("data-log-after") || "0", 10) || 0);
   }
 
   var source = null;

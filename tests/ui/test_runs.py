@@ -9,6 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from runs.models import LogEntry, LogLevel, Run
+from runs.services import logs_append
 from tests.conftest import drain
 
 
@@ -135,9 +136,11 @@ def test_active_run_pollers_keep_polling(login, viewer, every_type, start_run):
 
 
 def _log(run: Run, message: str, level: int = LogLevel.INFO) -> LogEntry:
-    return LogEntry.objects.create(
+    entry = LogEntry(
         run=run, timestamp=timezone.now(), level=level, stream="stdout", message=message
     )
+    logs_append([entry])
+    return entry
 
 
 def test_log_poller_returns_only_lines_after_its_seq(login, viewer, every_type, start_run):
@@ -155,8 +158,8 @@ def test_log_level_filter_and_step_selection(login, viewer, every_type, start_ru
     _log(run, "chatty", LogLevel.DEBUG)
     _log(run, "broken", LogLevel.ERROR)
     step = run.steps.get(key="left")
-    LogEntry.objects.create(
-        run=run, step=step, timestamp=timezone.now(), level=20, stream="stdout", message="on left"
+    logs_append(
+        [LogEntry(run=run, step=step, timestamp=timezone.now(), level=20, message="on left")]
     )
     client = login(viewer)
     page = _fragment(client, f"/runs/{run.number}/?level=error", "run-log").content.decode()
@@ -169,7 +172,7 @@ def test_log_level_filter_and_step_selection(login, viewer, every_type, start_ru
 
 def test_long_log_shows_its_tail_and_loads_earlier_lines(login, viewer, every_type, start_run):
     run = start_run(every_type)
-    LogEntry.objects.bulk_create(
+    logs_append(
         LogEntry(run=run, timestamp=timezone.now(), level=20, stream="stdout", message=f"line {i}")
         for i in range(1200)
     )
