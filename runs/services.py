@@ -951,7 +951,51 @@ def step_finish(
         # While a parallel sibling is active nothing can start or end: the last sibling to
         # finish plans the group's next move. Saves planning a wide fan-out once per step.
         return Finish()
+    following = _next_in_sequence(run, step)
+    if following is not None:
+        return _queue_and_hold(run, following, worker)
     return _advance_and_hold(run, worker, siblings)
+
+
+def _next_in_sequence(run: Run, step: Step) -> Step | None:
+    """The step a plan would start, and only start, now that `step` succeeded: its next
+    sibling in a sequential group, when that is a pending leaf without an `if`.
+
+    Planning reads and walks every step of the run; this reads one row. It holds because
+    only `step` changed since the last plan (the run is locked), and in a sequential group
+    that change can only start the next child. Anything else (a failure, a group that ends,
+    a condition, an approval, a parallel group, a run that is not plainly running or is
+    past its deadline) goes through the whole plan.
+    """
+    if step.status != StepStatus.SUCCEEDED or run.status != RunStatus.RUNNING:
+        return None
+    if run.deadline and timezone.now() >= run.deadline:
+        return None
+    following = (
+        Step.objects.filter(run_id=run.pk, parent_id=step.parent_id, position__gt=step.position)
+        .select_related("parent")
+        .order_by("position")
+        .first()
+    )
+    if (
+        following is None
+        or following.status != StepStatus.PENDING
+        or following.condition
+        or following.kind in ("group", "approval")
+        or (following.parent is not None and following.parent.parallel)
+    ):
+        return None
+    return following
+
+
+def _queue_and_hold(run: Run, step: Step, worker: str) -> Finish:
+    if not step_transition(step=step, to=StepStatus.QUEUED, enqueued_at=timezone.now()):
+        raise InvalidTransition(f"Step {step.number} moved while run #{run.pk} was locked.")
+    step.run = run
+    if _claim(step, worker):
+        return Finish(next_step=step)
+    _enqueue(run.pk, [step.pk])
+    return Finish()
 
 
 @dataclass(frozen=True)

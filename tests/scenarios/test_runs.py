@@ -1,5 +1,6 @@
 """Whole runs, executed in this process by the workers' own code (runs.runner.work)."""
 
+import itertools
 import json
 import os
 import threading
@@ -692,3 +693,44 @@ def test_worker_hands_a_long_chain_over_instead_of_outliving_its_task(make_runbo
     assert (tree["b"].status, tree["c"].status, tree["c"].attempt) == ("succeeded", "queued", 0)
     assert not StepAttempt.objects.filter(step=tree["c"]).exists()
     assert drain(run).status == "succeeded"
+
+
+def test_sequential_steps_and_groups_run_in_order_with_every_event(make_runbook):
+    # A step that succeeds starts its next sibling without planning the whole run; groups,
+    # conditions and the end of a group still go through the plan.
+    runbook = make_runbook(
+        """
+        slug: chain
+        name: Chain
+        steps:
+          - {id: a, shell: echo a}
+          - id: inner
+            steps:
+              - {id: b, shell: echo b}
+              - {id: c, if: "steps.b.status == 'failed'", shell: echo c}
+              - {id: d, shell: echo d}
+          - {id: e, shell: echo e}
+        """
+    )
+    run = drain(start(runbook))
+    tree = steps(run)
+    assert run.status == "succeeded"
+    assert {key: step.status for key, step in tree.items()} == {
+        "a": "succeeded",
+        "inner": "succeeded",
+        "b": "succeeded",
+        "c": "skipped",
+        "d": "succeeded",
+        "e": "succeeded",
+    }
+    ran = sorted((tree[key] for key in "abde"), key=lambda step: step.started_at)
+    assert [step.key for step in ran] == ["a", "b", "d", "e"]
+    assert all(x.finished_at <= y.started_at for x, y in itertools.pairwise(ran))
+    for key in "abde":
+        events = RunEvent.objects.filter(step=tree[key]).order_by("id")
+        assert [(e.from_status, e.to_status) for e in events] == [
+            ("pending", "queued"),
+            ("queued", "running"),
+            ("running", "succeeded"),
+        ], key
+    assert StepAttempt.objects.filter(step__run=run).count() == 4
