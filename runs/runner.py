@@ -183,8 +183,9 @@ def _deadline(step: Step, spec: object) -> tuple[float | None, str]:
     return when, reason
 
 
-def execute(step: Step, worker: str) -> services.Finish | None:
-    """Runs one claimed attempt of a leaf step and records its result."""
+def execute(step: Step, worker: str, upcoming: list[Step] | None = None) -> services.Finish | None:
+    """Runs one claimed attempt of a leaf step and records its result. `upcoming` is what
+    the finish that handed us the step said follows it (`services.Finish.upcoming`)."""
     run = step.run
     spec = version_steps(run.version)[step.key]
     try:
@@ -230,6 +231,7 @@ def execute(step: Step, worker: str) -> services.Finish | None:
         logs=log.take(),
         pid=supervisor.unsaved_pid(),
         siblings=_siblings(),
+        upcoming=upcoming,
     )
 
 
@@ -456,8 +458,12 @@ def work(run_pk: int, step_pk: int | None = None) -> int:
     done = 0
     siblings = _siblings()
     steps = services.step_claim(run_pk=run_pk, worker=worker, prefer=step_pk, siblings=siblings)
+    upcoming = None
     while steps:
-        finish = execute(steps[0], worker) if len(steps) == 1 else execute_many(steps, worker)
+        if len(steps) == 1:
+            finish = execute(steps[0], worker, upcoming)
+        else:
+            finish = execute_many(steps, worker)
         done += len(steps)
         if finish is None:
             break
@@ -467,8 +473,9 @@ def work(run_pk: int, step_pk: int | None = None) -> int:
                 services.step_hand_over(run_pk=run_pk, held=held)
             break
         if finish.claimed:
-            steps = finish.claimed
+            steps, upcoming = finish.claimed, finish.upcoming
             continue
+        upcoming = None
         prefer = None
         if finish.retry_at is not None:
             # A cancel during the wait cancels the queued step, so the claim below finds nothing.

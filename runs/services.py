@@ -8,6 +8,7 @@ steps at the same instant cannot both miss that their group is done.
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import socket
@@ -130,28 +131,34 @@ def step_transition(
     actor: AbstractBaseUser | None = None,
     reason: str = "",
     guard: Q | None = None,
+    via: str | None = None,
     **fields: Any,
 ) -> bool:
     """Moves a step to `to` if it is still in its status (and matches `guard`).
 
-    Returns False when the row moved on; callers that lost such a race simply stop.
+    With `via`, the step passes through that status on the way, in the same UPDATE; both
+    moves must be allowed and both are recorded. Returns False when the row moved on;
+    callers that lost such a race simply stop.
     """
     current = step.status
-    if not step_can_transition(current, to):
-        raise InvalidTransition(f"A step cannot go from {current} to {to}.")
+    path = [current, via, to] if via else [current, to]
+    for before, after in itertools.pairwise(path):
+        if not step_can_transition(before, after):
+            raise InvalidTransition(f"A step cannot go from {before} to {after}.")
     rows = Step.objects.filter(pk=step.pk, status=current)
     if guard is not None:
         rows = rows.filter(guard)
     if not rows.update(status=to, **fields):
         return False
-    _record_event(
-        run_id=step.run_id,
-        step=step,
-        from_status=current,
-        to_status=to,
-        actor=actor,
-        message=reason,
-    )
+    for before, after in itertools.pairwise(path):
+        _record_event(
+            run_id=step.run_id,
+            step=step,
+            from_status=before,
+            to_status=after,
+            actor=actor,
+            message=reason if after == to else "",
+        )
     step.status = to
     for name, value in fields.items():
         if not hasattr(value, "resolve_expression"):
@@ -668,12 +675,16 @@ def _lease_until() -> Any:
     return timezone.now() + timedelta(seconds=settings.STEPWISE_LEASE_SECONDS)
 
 
-def _claim(step: Step, worker: str) -> bool:
+def _claim(step: Step, worker: str, *, pending: bool = False) -> bool:
+    """Takes a queued step for `worker` (with `pending`, a pending one, queued and taken in
+    one UPDATE) and opens its attempt."""
     now = timezone.now()
     claimed = step_transition(
         step=step,
         to=StepStatus.RUNNING,
+        via=StepStatus.QUEUED if pending else None,
         guard=Q(attempt=step.attempt),
+        **({"enqueued_at": now} if pending else {}),
         attempt=step.attempt + 1,
         lease_owner=worker,
         lease_expires_at=_lease_until(),
@@ -830,6 +841,8 @@ class Finish:
     retry_at: Any = None  # when this step is retried, if the worker should wait for it
     # Ready siblings of `next_step` in a parallel group, claimed with it (`_claim_siblings`).
     siblings: list[Step] = field(default_factory=list)
+    # The steps after `next_step` in its sequential group, for its own step_finish.
+    upcoming: list[Step] | None = None
 
     @property
     def claimed(self) -> list[Step]:
@@ -931,12 +944,14 @@ def step_finish(
     logs: list[LogEntry] | None = None,
     pid: int | None = None,
     siblings: int = 0,
+    upcoming: list[Step] | None = None,
 ) -> Finish | None:
     """Records an attempt's result, schedules a retry or ends the step, then advances the run.
 
     `logs` are the attempt's last buffered lines, written in this same transaction (one
     commit per step instead of two); `pid` is its process group, if not recorded yet. The
     next step it claims comes with up to `siblings` ready siblings (`_claim_siblings`).
+    `upcoming` is `Finish.upcoming` from the finish that handed this worker `step`.
     Returns None if the worker no longer holds the step (its lease was taken back).
     """
     run = _lock(step.run)
@@ -951,51 +966,58 @@ def step_finish(
         # While a parallel sibling is active nothing can start or end: the last sibling to
         # finish plans the group's next move. Saves planning a wide fan-out once per step.
         return Finish()
-    following = _next_in_sequence(run, step)
-    if following is not None:
-        return _queue_and_hold(run, following, worker)
+    if _plain_success(run, step):
+        if upcoming is None:
+            upcoming = _following_siblings(run, step)
+        if upcoming and _starts_next(upcoming[0]):
+            following = upcoming[0]
+            following.run = run
+            if _claim(following, worker, pending=True):
+                return Finish(next_step=following, upcoming=upcoming[1:])
     return _advance_and_hold(run, worker, siblings)
 
 
-def _next_in_sequence(run: Run, step: Step) -> Step | None:
-    """The step a plan would start, and only start, now that `step` succeeded: its next
-    sibling in a sequential group, when that is a pending leaf without an `if`.
+# A step that succeeds in a sequential group starts its next sibling without a plan. Planning
+# reads and walks every step of the run; this reads the following siblings once per chain
+# and then nothing. It holds because only the finished step changed since the last plan
+# (the run is locked), and in a sequential group that can only start the next child. When
+# that child is a pending leaf without an `if`, starting it is all the plan would do.
+# Anything else (a failure, the end of a group, a condition, an approval, a parallel group,
+# a run that is not plainly running or is past its deadline) goes through the whole plan.
+# The list may be carried from one step to the next: what it is trusted for (kind,
+# condition, parent) never changes, and the claim's compare-and-swap checks the status.
 
-    Planning reads and walks every step of the run; this reads one row. It holds because
-    only `step` changed since the last plan (the run is locked), and in a sequential group
-    that change can only start the next child. Anything else (a failure, a group that ends,
-    a condition, an approval, a parallel group, a run that is not plainly running or is
-    past its deadline) goes through the whole plan.
-    """
-    if step.status != StepStatus.SUCCEEDED or run.status != RunStatus.RUNNING:
-        return None
-    if run.deadline and timezone.now() >= run.deadline:
-        return None
-    following = (
+
+def _plain_success(run: Run, step: Step) -> bool:
+    return (
+        step.status == StepStatus.SUCCEEDED
+        and run.status == RunStatus.RUNNING
+        and not (run.deadline and timezone.now() >= run.deadline)
+    )
+
+
+def _following_siblings(run: Run, step: Step) -> list[Step]:
+    """The siblings after `step`, in order, while a plan would start them one by one."""
+    rows = (
         Step.objects.filter(run_id=run.pk, parent_id=step.parent_id, position__gt=step.position)
         .select_related("parent")
         .order_by("position")
-        .first()
     )
-    if (
-        following is None
-        or following.status != StepStatus.PENDING
-        or following.condition
-        or following.kind in ("group", "approval")
-        or (following.parent is not None and following.parent.parallel)
-    ):
-        return None
+    following = []
+    for row in rows:
+        if not _starts_next(row):
+            break
+        following.append(row)
     return following
 
 
-def _queue_and_hold(run: Run, step: Step, worker: str) -> Finish:
-    if not step_transition(step=step, to=StepStatus.QUEUED, enqueued_at=timezone.now()):
-        raise InvalidTransition(f"Step {step.number} moved while run #{run.pk} was locked.")
-    step.run = run
-    if _claim(step, worker):
-        return Finish(next_step=step)
-    _enqueue(run.pk, [step.pk])
-    return Finish()
+def _starts_next(step: Step) -> bool:
+    return (
+        step.status == StepStatus.PENDING
+        and not step.condition
+        and step.kind not in ("group", "approval")
+        and (step.parent is None or not step.parent.parallel)
+    )
 
 
 @dataclass(frozen=True)

@@ -734,3 +734,29 @@ def test_sequential_steps_and_groups_run_in_order_with_every_event(make_runbook)
             ("running", "succeeded"),
         ], key
     assert StepAttempt.objects.filter(step__run=run).count() == 4
+
+
+def test_a_stale_upcoming_step_is_checked_not_trusted(make_runbook):
+    # Finish.upcoming carries the next sequential steps from one finish to the next; the
+    # claim's compare-and-swap decides, and a step that moved meanwhile goes through a plan.
+    from runs.services import StepResult, step_claim, step_finish
+
+    runbook = make_runbook(
+        "slug: hint\nname: Hint\nsteps: [{id: a, shell: 'true'}, {id: b, shell: 'true'},"
+        " {id: c, shell: 'true'}]"
+    )
+    run = start(runbook)
+    [a] = step_claim(run_pk=run.pk, worker="w1")
+    finish = step_finish(step=a, worker="w1", result=StepResult(status="succeeded"))
+    assert finish.next_step.key == "b" and [s.key for s in finish.upcoming] == ["c"]
+    run.steps.filter(key="c").update(status="cancelled")  # behind the worker's back
+    after = step_finish(
+        step=finish.next_step,
+        worker="w1",
+        result=StepResult(status="succeeded"),
+        upcoming=finish.upcoming,
+    )
+    assert after.next_step is None
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    assert not RunEvent.objects.filter(step__key="c", run=run).exists()
