@@ -422,6 +422,23 @@ def _lock(run: Run) -> Run:
     )
 
 
+# What can change on a run once it exists: run_transition's fields, and the title that
+# run_create sets. Everything else (version, params, secrets, deadline, creator) is fixed.
+RUN_MUTABLE = ("status", "started_at", "finished_at", "outputs", "error", "cancel_reason", "title")
+
+
+def _relock(run: Run) -> Run:
+    """Locks the run's row and refreshes, on `run` itself, the fields that can change.
+
+    For a worker's own copy of the run (loaded at the claim, with its version and creator):
+    a lighter query than `_lock`, which a step's finish pays for on every step.
+    """
+    fresh = Run.objects.select_for_update().values(*RUN_MUTABLE).get(pk=run.pk)
+    for name, value in fresh.items():
+        setattr(run, name, value)
+    return run
+
+
 def _render_run_outputs(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
     definition = version_definition(run.version)
     context = template_context(run, [(s.key, s.status, s.outputs) for s in steps])
@@ -954,7 +971,7 @@ def step_finish(
     `upcoming` is `Finish.upcoming` from the finish that handed this worker `step`.
     Returns None if the worker no longer holds the step (its lease was taken back).
     """
-    run = _lock(step.run)
+    run = _relock(step.run)
     if logs:
         logs_append(logs)
     recorded = _record_result(run, step, worker, result, timezone.now(), pid)
@@ -1040,7 +1057,9 @@ def step_finish_many(
     Each step is recorded exactly as `step_finish` records it. Returns None if the worker
     held none of them any more; `retry_at` is the earliest retry it should wait for.
     """
-    run = _lock(ended[0].step.run)
+    run = _relock(ended[0].step.run)
+    for item in ended:
+        item.step.run = run  # one copy, the locked one, for the whole batch
     if logs:
         logs_append(logs)
     now = timezone.now()
