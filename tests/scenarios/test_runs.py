@@ -733,7 +733,11 @@ def test_sequential_steps_and_groups_run_in_order_with_every_event(make_runbook)
             ("queued", "running"),
             ("running", "succeeded"),
         ], key
-    assert StepAttempt.objects.filter(step__run=run).count() == 4
+    attempts = StepAttempt.objects.filter(step__run=run).order_by("started_at")
+    assert [(a.step.key, a.number, a.status, a.exit_code) for a in attempts] == [
+        (key, 1, "succeeded", 0) for key in "abde"
+    ]
+    assert all(a.worker and a.pid and a.started_at <= a.finished_at for a in attempts)
 
 
 def test_a_stale_upcoming_step_is_checked_not_trusted(make_runbook):
