@@ -9,6 +9,7 @@ steps at the same instant cannot both miss that their group is done.
 import contextlib
 import hashlib
 import itertools
+import json
 import logging
 import os
 import socket
@@ -24,7 +25,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files import File
 from django.db import transaction
-from django.db.models import DateTimeField, F, Q, Value
+from django.db.models import Case, DateTimeField, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -164,6 +165,32 @@ def step_transition(
         if not hasattr(value, "resolve_expression"):
             setattr(step, name, value)
     return True
+
+
+def steps_transition(
+    *, steps: list[Step], to: str, reason: str = "", guard: Q | None = None, **fields: Any
+) -> None:
+    """`step_transition` for several steps in the same status, in one UPDATE.
+
+    All or nothing: for callers that hold the run lock and have checked the rows are theirs,
+    so a row that moved anyway is a bug (InvalidTransition, and the transaction rolls back).
+    """
+    current = steps[0].status
+    if not step_can_transition(current, to) or any(step.status != current for step in steps):
+        raise InvalidTransition(f"Steps cannot go from {current} to {to} together.")
+    rows = Step.objects.filter(pk__in=[step.pk for step in steps], status=current)
+    if guard is not None:
+        rows = rows.filter(guard)
+    if rows.update(status=to, **fields) != len(steps):
+        raise InvalidTransition(f"Some of steps {[step.pk for step in steps]} moved.")
+    for step in steps:
+        _record_event(
+            run_id=step.run_id, step=step, from_status=current, to_status=to, message=reason
+        )
+        step.status = to
+        for name, value in fields.items():
+            if not hasattr(value, "resolve_expression"):
+                setattr(step, name, value)
 
 
 # --- Logs ------------------------------------------------------------------------------------
@@ -900,6 +927,65 @@ class _Recorded:
     attempt: StepAttempt | None = None
 
 
+def _will_retry(run: Run, step: Step, result: StepResult, now: Any) -> bool:
+    retryable = result.retryable and result.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
+    return (
+        retryable
+        and step.attempt < step.max_attempts
+        and run.status in RUN_ACTIVE
+        and not (run.deadline and now >= run.deadline)
+    )
+
+
+def _record_results_alike(run: Run, ended: list["Ended"], worker: str, now: Any) -> list[bool]:
+    """Ends steps that will not be retried, grouping those that ended alike (same attempt
+    number, status, exit code, error and outputs: in a fan-out, nearly all) into one UPDATE
+    of their steps and one of their attempts. Returns, per step, whether the worker still
+    held it (a step whose lease was taken back is left alone, as `step_finish` does)."""
+    masker = _masker(run)
+    held = set(
+        Step.objects.filter(
+            pk__in=[e.step.pk for e in ended], status=StepStatus.RUNNING, lease_owner=worker
+        ).values_list("pk", "attempt")
+    )
+    groups: dict[tuple[Any, ...], list[Ended]] = {}
+    for e in ended:
+        if (e.step.pk, e.step.attempt) not in held:
+            continue
+        outputs = masker.data(dict(e.result.outputs or {}))
+        key = (
+            e.step.attempt,
+            e.result.status,
+            e.result.exit_code,
+            masker.text(e.result.error),
+            json.dumps(outputs, sort_keys=True),
+        )
+        groups.setdefault(key, []).append(e)
+    for (attempt, status, exit_code, error, outputs), group in groups.items():
+        steps = [e.step for e in group]
+        steps_transition(
+            steps=steps,
+            to=status,
+            reason=error,
+            guard=Q(lease_owner=worker, attempt=attempt),
+            finished_at=now,
+            lease_owner="",
+            lease_expires_at=None,
+            exit_code=exit_code,
+            outputs=json.loads(outputs),
+            error=error,
+        )
+        pids = [When(step_id=e.step.pk, then=Value(e.pid)) for e in group if e.pid is not None]
+        StepAttempt.objects.filter(step__in=steps, number=attempt).update(
+            status=status,
+            finished_at=now,
+            exit_code=exit_code,
+            error=error,
+            **({"pid": Case(*pids, default=F("pid"))} if pids else {}),
+        )
+    return [(e.step.pk, e.step.attempt) in held for e in ended]
+
+
 def _record_result(
     run: Run,
     step: Step,
@@ -917,13 +1003,7 @@ def _record_result(
     masker = _masker(run)
     error = masker.text(result.error)
     guard = Q(lease_owner=worker, attempt=step.attempt)
-    retryable = result.retryable and result.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
-    if (
-        retryable
-        and step.attempt < step.max_attempts
-        and run.status in RUN_ACTIVE
-        and not (run.deadline and now >= run.deadline)
-    ):
+    if _will_retry(run, step, result, now):
         retries = version_steps(run.version)[step.key].retries
         delay = retries.delay_before(step.attempt + 1) if retries else 0
         retry_at = now + timedelta(seconds=delay)
@@ -1119,8 +1199,11 @@ def step_finish_many(
     if logs:
         logs_append(logs)
     now = timezone.now()
-    recorded = [_record_result(run, e.step, worker, e.result, now, e.pid) for e in ended]
-    if all(r is None for r in recorded):
+    again = [e for e in ended if _will_retry(run, e.step, e.result, now)]
+    alike = [e for e in ended if not _will_retry(run, e.step, e.result, now)]
+    recorded = [_record_result(run, e.step, worker, e.result, now, e.pid) for e in again]
+    held = _record_results_alike(run, alike, worker, now) if alike else []
+    if all(r is None for r in recorded) and not any(held):
         return None
     retries = [r for r in recorded if r is not None and not r.ended]
     if retries:
