@@ -1114,7 +1114,10 @@ def step_finish(
     if not recorded.ended:
         return Finish(retry_at=recorded.retry_at)
     assert recorded.attempt is not None
-    if _plain_success(run, step) and not _siblings_still_running(step):
+    # While a parallel sibling is active nothing can start or end: the last sibling to
+    # finish plans the group's next move. Saves planning a wide fan-out once per step.
+    busy = _siblings_still_running(step)
+    if not busy and _plain_success(run, step):
         if upcoming is None:
             upcoming = _following_siblings(run, step)
         if upcoming and _starts_next(upcoming[0]):
@@ -1123,11 +1126,7 @@ def step_finish(
             if _claim(following, worker, pending=True, ended=recorded.attempt):
                 return Finish(next_step=following, upcoming=upcoming[1:])
     _attempt_write(recorded.attempt)
-    if _siblings_still_running(step):
-        # While a parallel sibling is active nothing can start or end: the last sibling to
-        # finish plans the group's next move. Saves planning a wide fan-out once per step.
-        return Finish()
-    return _advance_and_hold(run, worker, siblings)
+    return Finish() if busy else _advance_and_hold(run, worker, siblings)
 
 
 # A step that succeeds in a sequential group starts its next sibling without a plan. Planning
