@@ -4,6 +4,7 @@ side (runs.runner.execute_many); each keeps its own result, retries, timeout and
 import threading
 
 import pytest
+from django.db import connection
 
 from runs.models import LogEntry, Run, RunEvent, Step, StepAttempt
 from runs.services import run_cancel, run_create, step_claim, step_heartbeat_many
@@ -143,7 +144,14 @@ def test_cancel_stops_every_step_of_a_batch(make_runbook, user):
         """
     )
     run = start(runbook)
-    worker = threading.Thread(target=drain, args=(run,))
+
+    def work() -> None:
+        try:
+            drain(run)
+        finally:
+            connection.close()  # the thread's own; left open it blocks dropping the test DB
+
+    worker = threading.Thread(target=work)
     worker.start()
     wait_for(lambda: LogEntry.objects.filter(run=run, message__startswith="pid=").count() == 3)
     pids = [
