@@ -755,9 +755,13 @@ def _claim(
 
 
 def _ready_steps(run_pk: int) -> Any:
+    # Rows another worker's claim transaction holds are skipped: on PostgreSQL two workers
+    # draining one fan-out would otherwise read the same first rows, and one of them would
+    # wait for the other's commit only to find them taken. (SQLite runs claims one at a time.)
     return (
         Step.objects.filter(run_id=run_pk, status=StepStatus.QUEUED)
         .filter(Q(not_before__isnull=True) | Q(not_before__lte=timezone.now()))
+        .select_for_update(skip_locked=True, of=("self",))
         .select_related("run__created_by", "run__version")
         .defer(*(f"run__version__{name}" for name in VERSION_HEAVY))
         .order_by("position")
