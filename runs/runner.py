@@ -335,15 +335,16 @@ class _Member:
             )
 
 
-_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
 
 
 def _threads() -> ThreadPoolExecutor:
     # One pool per process: django-q2 forks its workers, and threads do not survive a fork.
+    # As many threads as a batch has steps, or they would not all run at once.
     global _pool
-    if _pool is None or _pool[0] != os.getpid():
-        size = max(1, settings.STEPWISE_STEP_BATCH)
-        _pool = (os.getpid(), ThreadPoolExecutor(size, thread_name_prefix="stepwise-step"))
+    key = (os.getpid(), max(1, settings.STEPWISE_STEP_BATCH))
+    if _pool is None or _pool[0] != key:
+        _pool = (key, ThreadPoolExecutor(key[1], thread_name_prefix="stepwise-step"))
     return _pool[1]
 
 

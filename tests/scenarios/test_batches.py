@@ -6,6 +6,7 @@ import threading
 import pytest
 from django.db import connection
 
+from runs import runner
 from runs.models import LogEntry, Run, RunEvent, Step, StepAttempt
 from runs.services import run_cancel, run_create, step_claim, step_heartbeat_many
 from tests.conftest import drain, wait_for
@@ -189,3 +190,41 @@ def test_a_batch_of_one_runs_siblings_one_after_another(make_runbook, settings):
     assert run.status == "succeeded"
     a, b = (StepAttempt.objects.get(step__run=run, step__key=key) for key in "ab")
     assert not overlap(a, b)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_step_taken_back_mid_batch_is_stopped_and_left_alone(make_runbook, settings):
+    settings.STEPWISE_LEASE_SECONDS = 0.9  # a heartbeat every 0.3 s
+    runbook = make_runbook(
+        """
+        slug: taken
+        name: Taken back
+        steps:
+          - id: fan
+            parallel: true
+            steps:
+              - {id: a, shell: 'echo "pid=$$"; sleep 300'}
+              - {id: b, shell: 'sleep 1.5; echo done'}
+        """
+    )
+    run = start(runbook)
+
+    def take_back() -> None:
+        try:
+            wait_for(lambda: LogEntry.objects.filter(run=run, message__startswith="pid=").exists())
+            # What the reaper does, and another worker's claim after it: the row moves on.
+            Step.objects.filter(run=run, key="a").update(lease_owner="another-worker")
+        finally:
+            connection.close()
+
+    thief = threading.Thread(target=take_back)
+    thief.start()
+    runner.work(run.pk)
+    thief.join(timeout=30)
+    tree = steps(run)
+    assert (tree["a"].status, tree["a"].lease_owner) == ("running", "another-worker")
+    assert tree["b"].status == "succeeded" and "done" in logs(run, "b")
+    assert "lease lost: another worker took this step over; stopping" in logs(run, "a")
+    pid = next(m for m in logs(run, "a") if m.startswith("pid="))
+    assert not pid_alive(int(pid.split("=")[1]))
+    assert StepAttempt.objects.get(step=tree["a"]).status == "running"  # left to its new owner
