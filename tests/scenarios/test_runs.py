@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 import pytest
+from django.db import connection
 
 from config.errors import Conflict, ValidationFailed
 from runs.models import Artifact, LogEntry, LogLevel, Run, RunEvent, StepAttempt
@@ -28,6 +29,15 @@ def logs(run, step=None):
 
 def steps(run):
     return {step.key: step for step in run.steps.all()}
+
+
+def drain_and_close(run) -> None:
+    """`drain` for a thread: its own database connection, left open, would keep PostgreSQL
+    from dropping the test database at the end of the session."""
+    try:
+        drain(run)
+    finally:
+        connection.close()
 
 
 def pid_alive(pid: int) -> bool:
@@ -269,7 +279,7 @@ def test_cancel_mid_step_kills_the_process_and_cancels_the_rest(make_runbook, us
         """
     )
     run = start(runbook)
-    worker = threading.Thread(target=drain, args=(run,))
+    worker = threading.Thread(target=drain_and_close, args=(run,))
     worker.start()
     line = wait_for(lambda: LogEntry.objects.filter(run=run, message__startswith="pid=").first())
     pid = int(line.message.split("=")[1])
@@ -301,7 +311,7 @@ def test_cancel_inside_a_parallel_group_closes_the_group_and_the_run(make_runboo
         """
     )
     run = start(runbook)
-    worker = threading.Thread(target=drain, args=(run,))
+    worker = threading.Thread(target=drain_and_close, args=(run,))
     worker.start()
     line = wait_for(lambda: LogEntry.objects.filter(run=run, message__startswith="pid=").first())
     run_cancel(run=Run.objects.get(pk=run.pk), user=user, reason="stop")
