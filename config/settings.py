@@ -195,6 +195,9 @@ STEPWISE_REAPER_INTERVAL = env.float("STEPWISE_REAPER_INTERVAL", default=5)
 STEPWISE_REQUEUE_AFTER = env.float("STEPWISE_REQUEUE_AFTER", default=60)
 # A fan-out wakes at most this many workers; they keep claiming the group's ready steps.
 STEPWISE_FANOUT_WAKEUPS = env.int("STEPWISE_FANOUT_WAKEUPS", default=8)
+# A worker claims up to this many ready shell steps of a parallel group at once, runs their
+# processes side by side and records them in one transaction (1: one step at a time).
+STEPWISE_STEP_BATCH = env.int("STEPWISE_STEP_BATCH", default=16)
 STEPWISE_INLINE_RETRY_WAIT = env.float("STEPWISE_INLINE_RETRY_WAIT", default=15)
 STEPWISE_KILL_GRACE = env.float("STEPWISE_KILL_GRACE", default=5)
 STEPWISE_WORK_DIR = Path(env.str("STEPWISE_WORK_DIR", default=str(VAR_DIR / "work")))

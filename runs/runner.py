@@ -5,13 +5,18 @@ at. Everything else comes from the database, re-read at each claim, so a duplica
 finds nothing to claim and a lost one is re-sent by the reaper.
 """
 
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -19,6 +24,7 @@ from django.utils import timezone
 from runbooks.services import version_steps
 from runs import services, templating
 from runs.executors import http, shell, sleep
+from runs.executors.process import ProcessResult
 from runs.models import LogEntry, LogLevel, Step
 from runs.secrets import Masker, SecretsUnreadable, unseal
 from runs.state import StepStatus
@@ -34,6 +40,14 @@ LEVEL_PREFIXES = {
 }
 FLUSH_INTERVAL = 0.1  # seconds: how stale a buffered log line may get
 FLUSH_SIZE = 500
+# How long a step's process runs before its pid is written on its own. The reaper needs the
+# pid to end the processes of a worker that died; until then, they would outlive it.
+PID_DELAY = 0.05
+
+
+def _siblings() -> int:
+    """How many parallel siblings a worker claims along with a step (STEPWISE_STEP_BATCH)."""
+    return max(0, settings.STEPWISE_STEP_BATCH - 1)
 
 
 def worker_id() -> str:
@@ -47,11 +61,14 @@ def worker_id() -> str:
 class LogWriter:
     """Buffers a step's log lines and writes them in batches, masked, at least every 100 ms."""
 
-    def __init__(self, step: Step, masker: Masker) -> None:
+    def __init__(
+        self, step: Step, masker: Masker, before_flush: Callable[[], None] | None = None
+    ) -> None:
         self.step = step
         self.masker = masker
         self.buffer: list[LogEntry] = []
         self.last_flush = time.monotonic()
+        self.before_flush = before_flush
 
     def line(self, stream: str, text: str) -> None:
         level = LogLevel.INFO if stream == "stdout" else LogLevel.WARN
@@ -85,9 +102,16 @@ class LogWriter:
 
     def flush(self) -> None:
         if self.buffer:
+            if self.before_flush is not None:
+                self.before_flush()
             services.logs_append(self.buffer)
             self.buffer = []
         self.last_flush = time.monotonic()
+
+    def take(self) -> list[LogEntry]:
+        """The buffered lines, for the caller to write in its own transaction."""
+        entries, self.buffer = self.buffer, []
+        return entries
 
 
 @dataclass
@@ -105,11 +129,31 @@ class Supervisor:
     _next_heartbeat: float = field(
         default_factory=lambda: time.monotonic() + settings.STEPWISE_LEASE_SECONDS / 3
     )
+    pid: int | None = None  # the step's process group, once its process runs
+    pid_saved: bool = False
+    _pid_due: float = 0.0
+
+    def process_started(self, pid: int) -> None:
+        """Notes the process group. It is written once the process has run PID_DELAY (or
+        with the step's result), so a step that lasts a few milliseconds costs no extra
+        commit for it."""
+        self.pid, self.pid_saved = pid, False
+        self._pid_due = time.monotonic() + PID_DELAY
+
+    def save_pid(self) -> None:
+        if self.pid is not None and not self.pid_saved:
+            services.attempt_started(step=self.step, pid=self.pid)
+            self.pid_saved = True
+
+    def unsaved_pid(self) -> int | None:
+        return None if self.pid_saved else self.pid
 
     def should_stop(self) -> str | None:
         """Polled by executors; returns "cancelled" or "lost" once the step must stop."""
-        self.log.tick()
         now = time.monotonic()
+        if self.pid is not None and not self.pid_saved and now >= self._pid_due:
+            self.save_pid()
+        self.log.tick()
         if self.stop_reason is None and now >= self._next_check:
             self._next_check = now + 0.5
             if now >= self._next_heartbeat:
@@ -139,8 +183,9 @@ def _deadline(step: Step, spec: object) -> tuple[float | None, str]:
     return when, reason
 
 
-def execute(step: Step, worker: str) -> services.Finish | None:
-    """Runs one claimed attempt of a leaf step and records its result."""
+def execute(step: Step, worker: str, upcoming: list[Step] | None = None) -> services.Finish | None:
+    """Runs one claimed attempt of a leaf step and records its result. `upcoming` is what
+    the finish that handed us the step said follows it (`services.Finish.upcoming`)."""
     run = step.run
     spec = version_steps(run.version)[step.key]
     try:
@@ -148,16 +193,18 @@ def execute(step: Step, worker: str) -> services.Finish | None:
     except SecretsUnreadable as error:
         log = LogWriter(step, Masker([]))
         log.system(str(error), level=LogLevel.ERROR)
-        log.flush()
         result = services.StepResult(status=StepStatus.FAILED, error=str(error), retryable=False)
-        return services.step_finish(step=step, worker=worker, result=result)
+        return services.step_finish(
+            step=step, worker=worker, result=result, logs=log.take(), siblings=_siblings()
+        )
     log = LogWriter(step, masker)
     deadline, deadline_reason = _deadline(step, spec)
     supervisor = Supervisor(step, worker, deadline, deadline_reason, log)
+    log.before_flush = supervisor.save_pid  # the pid is in before the lines that show it
     attempt = f" (attempt {step.attempt} of {step.max_attempts})" if step.max_attempts > 1 else ""
     log.system(f"step {step.number} {step.key} started{attempt}")
     try:
-        context = services.template_context(run)
+        context = services.template_context(run, None if reads_steps(spec) else ())
         executor = {"shell": shell.execute, "http": http.execute, "sleep": sleep.execute}[step.kind]
         result = executor(step=step, spec=spec, context=context, supervisor=supervisor)
     except templating.RenderError as error:
@@ -177,8 +224,224 @@ def execute(step: Step, worker: str) -> services.Finish | None:
     ended = result.status.replace("_", " ") + (f": {result.error}" if result.error else "")
     level = LogLevel.SYSTEM if result.status == StepStatus.SUCCEEDED else LogLevel.ERROR
     log.system(f"step {step.number} {step.key} {ended}", level=level)
-    log.flush()
-    return services.step_finish(step=step, worker=worker, result=result)
+    return services.step_finish(
+        step=step,
+        worker=worker,
+        result=result,
+        logs=log.take(),
+        pid=supervisor.unsaved_pid(),
+        siblings=_siblings(),
+        upcoming=upcoming,
+    )
+
+
+def reads_steps(spec: Any) -> bool:
+    """Whether any template of the step can refer to other steps' outputs or statuses."""
+    # A template reaches other steps only through the name `steps`: a step whose definition
+    # never spells it needs no read of the run's steps before it runs (about 10 µs to check).
+    return "steps" in spec.model_dump_json(exclude={"id", "steps"})
+
+
+class _Member:
+    """One step of a batch run side by side (`execute_many`).
+
+    Its process runs in a pool thread, whose callbacks only touch this object: lines go to
+    a deque, the stop reason and the pid are plain attributes. Everything that reads or
+    writes the database happens in the worker's own thread.
+    """
+
+    def __init__(self, step: Step, worker: str) -> None:
+        self.step = step
+        self.spec = version_steps(step.run.version)[step.key]
+        self.result: services.StepResult | None = None
+        self.prepared: shell.Prepared | None = None
+        self.future: Future[ProcessResult] | None = None
+        self.lines: deque[tuple[str, str]] = deque()
+        self.stop_reason: str | None = None
+        self.deadline, self.deadline_reason = _deadline(step, self.spec)
+        self.pid: int | None = None
+        self.pid_saved = False
+        self.started = time.monotonic()
+        try:
+            masker = Masker(unseal(step.run.sealed_secrets).values())
+        except SecretsUnreadable as error:
+            self.log = LogWriter(step, Masker([]))
+            self.log.system(str(error), level=LogLevel.ERROR)
+            self.result = services.StepResult(
+                status=StepStatus.FAILED, error=str(error), retryable=False
+            )
+            return
+        self.log = LogWriter(step, masker, before_flush=self.save_pid)
+        attempt = (
+            f" (attempt {step.attempt} of {step.max_attempts})" if step.max_attempts > 1 else ""
+        )
+        self.log.system(f"step {step.number} {step.key} started{attempt}")
+
+    # Called from the pool thread.
+    def should_stop(self) -> str | None:
+        return self.stop_reason
+
+    def on_output(self, stream: str, text: str) -> None:
+        self.lines.append((stream, text))
+
+    def on_start(self, pid: int) -> None:
+        self.pid = pid
+
+    # Called from the worker's thread.
+    def drain(self) -> None:
+        while self.lines:
+            self.log.line(*self.lines.popleft())
+
+    def save_pid(self) -> None:
+        if self.pid is not None and not self.pid_saved:
+            services.attempt_started(step=self.step, pid=self.pid)
+            self.pid_saved = True
+
+    def prepare(self) -> None:
+        try:
+            context = services.template_context(
+                self.step.run, None if reads_steps(self.spec) else ()
+            )
+            prepared = shell.prepare(step=self.step, spec=self.spec, context=context)
+        except templating.RenderError as error:
+            prepared = services.StepResult(
+                status=StepStatus.FAILED, error=f"template error: {error}", retryable=False
+            )
+        except Exception as error:
+            logger.exception("step %s of run %s crashed", self.step.key, self.step.run_id)
+            prepared = services.StepResult(
+                status=StepStatus.FAILED, error=f"internal error: {type(error).__name__}: {error}"
+            )
+        if isinstance(prepared, services.StepResult):
+            self.result = prepared
+        else:
+            self.prepared = prepared
+
+    def conclude(self) -> None:
+        assert self.future is not None and self.prepared is not None
+        try:
+            process = self.future.result()
+            self.drain()
+            self.result = shell.conclude(
+                step=self.step,
+                prepared=self.prepared,
+                result=process,
+                deadline_reason=self.deadline_reason,
+            )
+        except Exception as error:
+            logger.exception("step %s of run %s crashed", self.step.key, self.step.run_id)
+            self.result = services.StepResult(
+                status=StepStatus.FAILED, error=f"internal error: {type(error).__name__}: {error}"
+            )
+
+
+_pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
+
+
+def _threads() -> ThreadPoolExecutor:
+    # One pool per process: django-q2 forks its workers, and threads do not survive a fork.
+    # As many threads as a batch has steps, or they would not all run at once.
+    global _pool
+    key = (os.getpid(), max(1, settings.STEPWISE_STEP_BATCH))
+    if _pool is None or _pool[0] != key:
+        _pool = (key, ThreadPoolExecutor(key[1], thread_name_prefix="stepwise-step"))
+    return _pool[1]
+
+
+def execute_many(steps: list[Step], worker: str) -> services.Finish | None:
+    """Runs claimed shell steps of one parallel group side by side and records their results
+    in one transaction. Each keeps its own timeout, log and outputs; heartbeats and the
+    cancel check cover them all at once."""
+    members = [_Member(step, worker) for step in steps]
+    for member in members:
+        if member.result is None:
+            member.prepare()
+    running = [m for m in members if m.prepared is not None]
+    try:
+        for member in running:
+            member.future = _threads().submit(
+                shell.start,
+                member.prepared,  # type: ignore[arg-type]
+                member,
+                on_output=member.on_output,
+                on_start=member.on_start,
+            )
+        _supervise(running, worker)
+        for member in running:
+            member.conclude()
+    finally:
+        for member in members:
+            if member.result is None:
+                # Something went wrong here, in our thread: the processes must not outlive it.
+                member.stop_reason = member.stop_reason or "stopped"
+        for member in running:
+            if member.future is not None:
+                with contextlib.suppress(Exception):
+                    member.future.result()
+        for member in members:
+            shell.cleanup(member.step)
+    ended = []
+    logs: list[LogEntry] = []
+    for member in members:
+        assert member.result is not None
+        if member.stop_reason == "lost":
+            member.log.system(
+                "lease lost: another worker took this step over; stopping", level=LogLevel.ERROR
+            )
+        else:
+            result, step = member.result, member.step
+            how = result.status.replace("_", " ") + (f": {result.error}" if result.error else "")
+            level = LogLevel.SYSTEM if result.status == StepStatus.SUCCEEDED else LogLevel.ERROR
+            member.log.system(f"step {step.number} {step.key} {how}", level=level)
+            ended.append(
+                services.Ended(
+                    step=member.step,
+                    result=result,
+                    pid=None if member.pid_saved else member.pid,
+                )
+            )
+        logs += member.log.take()
+    if not ended:
+        services.logs_append(logs)
+        return None
+    return services.step_finish_many(ended=ended, worker=worker, logs=logs, siblings=_siblings())
+
+
+def _supervise(members: list[_Member], worker: str) -> None:
+    """While the processes run: flush their logs, record pids, renew leases, notice cancels."""
+    now = time.monotonic()
+    next_check = now + 0.5  # the claim has just taken fresh leases
+    next_heartbeat = now + settings.STEPWISE_LEASE_SECONDS / 3
+    next_flush = now + FLUSH_INTERVAL
+    pending = {m.future for m in members if m.future is not None}
+    while pending:
+        _done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+        now = time.monotonic()
+        for member in members:
+            member.drain()
+            if member.pid is not None and now - member.started >= PID_DELAY:
+                member.save_pid()
+        if now >= next_flush:
+            # One INSERT for the whole batch; each member's pid is in before its lines.
+            entries = [entry for member in members for entry in member.log.take()]
+            if entries:
+                services.logs_append(entries)
+            next_flush = now + FLUSH_INTERVAL
+        if now >= next_check:
+            next_check = now + 0.5
+            live = [m for m in members if m.stop_reason is None]
+            if not live:
+                continue
+            if now >= next_heartbeat:
+                next_heartbeat = now + settings.STEPWISE_LEASE_SECONDS / 3
+                held, reason = services.step_heartbeat_many(
+                    steps=[m.step for m in live], worker=worker
+                )
+            else:
+                held = {m.step.pk for m in live}
+                reason = services.step_should_stop(step=live[0].step)
+            for member in live:
+                member.stop_reason = reason if member.step.pk in held else "lost"
 
 
 def _wait_until(when: datetime, step: Step) -> None:
@@ -194,23 +457,30 @@ def work(run_pk: int, step_pk: int | None = None) -> int:
     worker = worker_id()
     started = time.monotonic()
     done = 0
-    step = services.step_claim(run_pk=run_pk, worker=worker, prefer=step_pk)
-    while step is not None:
-        finish = execute(step, worker)
-        done += 1
+    siblings = _siblings()
+    steps = services.step_claim(run_pk=run_pk, worker=worker, prefer=step_pk, siblings=siblings)
+    upcoming = None
+    while steps:
+        if len(steps) == 1:
+            finish = execute(steps[0], worker, upcoming)
+        else:
+            finish = execute_many(steps, worker)
+        done += len(steps)
         if finish is None:
             break
         if time.monotonic() - started > settings.STEPWISE_MAX_STEP_SECONDS:
             # The queue kills a task at twice this; hand the rest of the chain to a new one.
-            services.step_hand_over(run_pk=run_pk, held=finish.next_step)
+            for held in finish.claimed:
+                services.step_hand_over(run_pk=run_pk, held=held)
             break
-        if finish.next_step is not None:
-            step = finish.next_step
+        if finish.claimed:
+            steps, upcoming = finish.claimed, finish.upcoming
             continue
+        upcoming = None
         prefer = None
         if finish.retry_at is not None:
             # A cancel during the wait cancels the queued step, so the claim below finds nothing.
-            _wait_until(finish.retry_at, step)
-            prefer = step.pk
-        step = services.step_claim(run_pk=run_pk, worker=worker, prefer=prefer)
+            _wait_until(finish.retry_at, steps[0])
+            prefer = steps[0].pk if len(steps) == 1 else None
+        steps = services.step_claim(run_pk=run_pk, worker=worker, prefer=prefer, siblings=siblings)
     return done

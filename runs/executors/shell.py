@@ -3,6 +3,7 @@
 import contextlib
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,9 @@ from django.conf import settings
 
 from runs import templating
 from runs.executors.outputs import OutputsError, collect_files, parse_outputs
-from runs.executors.process import run_process
+from runs.executors.process import ProcessResult, run_process
 from runs.models import Step
-from runs.services import StepResult, artifacts_store, attempt_started
+from runs.services import StepResult, artifacts_store
 from runs.state import StepStatus
 
 BASH = shutil.which("bash") or "/bin/bash"
@@ -46,7 +47,23 @@ def step_environment(
     return {name: value.replace("\x00", "") for name, value in env.items()}
 
 
-def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) -> StepResult:
+@dataclass(frozen=True)
+class Prepared:
+    """A shell attempt ready to start: its argv, environment and directories."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    base: Path  # the attempt's directory, removed by `cleanup`
+    output: Path
+    artifacts: Path
+
+
+def prepare(*, step: Step, spec: Any, context: dict[str, Any]) -> Prepared | StepResult:
+    """Renders the script and sets up the attempt's directories; a StepResult if it can't run.
+
+    Call `cleanup` afterwards whatever happens.
+    """
     script, values = templating.render_shell(spec.shell, context)
     base = attempt_dir(step)
     output, artifacts = base / "output", base / "artifacts"
@@ -58,41 +75,77 @@ def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) 
     elif not workdir.is_dir():
         return StepResult(status=StepStatus.FAILED, error=f"workdir {workdir} does not exist")
     env = {**step_environment(step, spec, context, output, artifacts), **values}
-    try:
-        result = run_process(
-            [BASH, "-e", "-o", "pipefail", "-c", script],
-            env=env,
-            cwd=workdir,
-            on_output=supervisor.log.line,
-            should_stop=supervisor.should_stop,
-            deadline=supervisor.deadline,
-            kill_grace=settings.STEPWISE_KILL_GRACE,
-            poll_interval=0.05,  # bounds how stale a buffered log line gets (LogWriter)
-            on_tick=supervisor.log.tick,
-            on_start=lambda pid: attempt_started(step=step, pid=pid),
+    argv = [BASH, "-e", "-o", "pipefail", "-c", script]
+    return Prepared(argv, env, workdir, base, output, artifacts)
+
+
+def start(prepared: Prepared, supervisor: Any, **callbacks: Any) -> ProcessResult:
+    """Runs the prepared process to its end (the part that may run in a thread)."""
+    return run_process(
+        prepared.argv,
+        env=prepared.env,
+        cwd=prepared.cwd,
+        should_stop=supervisor.should_stop,
+        deadline=supervisor.deadline,
+        kill_grace=settings.STEPWISE_KILL_GRACE,
+        poll_interval=0.05,  # bounds how stale a buffered log line gets (LogWriter)
+        **callbacks,
+    )
+
+
+def conclude(
+    *, step: Step, prepared: Prepared, result: ProcessResult, deadline_reason: str
+) -> StepResult:
+    """Keeps the artifacts and reads the outputs of a finished process."""
+    artifacts_store(step=step, files=collect_files(prepared.artifacts))
+    if result.outcome == "timed_out":
+        return StepResult(status=StepStatus.TIMED_OUT, error=deadline_reason)
+    if result.outcome == "stopped":
+        return StepResult(status=StepStatus.CANCELLED, error="cancelled")
+    if result.exit_code != 0:
+        return StepResult(
+            status=StepStatus.FAILED,
+            exit_code=result.exit_code,
+            error=_exit_description(result.exit_code),
         )
-        artifacts_store(step=step, files=collect_files(artifacts))
-        if result.outcome == "timed_out":
-            return StepResult(status=StepStatus.TIMED_OUT, error=supervisor.deadline_reason)
-        if result.outcome == "stopped":
-            return StepResult(status=StepStatus.CANCELLED, error="cancelled")
-        if result.exit_code != 0:
-            return StepResult(
-                status=StepStatus.FAILED,
-                exit_code=result.exit_code,
-                error=_exit_description(result.exit_code),
-            )
-        try:
-            outputs = parse_outputs(output.read_text(errors="replace"))
-        except OutputsError as error:
-            return StepResult(
-                status=StepStatus.FAILED, exit_code=0, error=f"$STEPWISE_OUTPUT: {error}"
-            )
-        return StepResult(status=StepStatus.SUCCEEDED, exit_code=0, outputs=outputs)
-    finally:
+    try:
+        outputs = parse_outputs(prepared.output.read_text(errors="replace"))
+    except OutputsError as error:
+        return StepResult(status=StepStatus.FAILED, exit_code=0, error=f"$STEPWISE_OUTPUT: {error}")
+    return StepResult(status=StepStatus.SUCCEEDED, exit_code=0, outputs=outputs)
+
+
+def cleanup(step: Step) -> None:
+    base = attempt_dir(step)
+    try:
+        # Usually the step left what prepare made, empty: four system calls, not a tree walk.
+        # None of them follows a symlink; anything else left behind goes to rmtree.
+        (base / "output").unlink()
+        for name in ("work", "artifacts", ""):
+            (base / name).rmdir()
+    except OSError:
         shutil.rmtree(base, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            base.parent.rmdir()  # the run's folder, once its last step is cleaned up
+    with contextlib.suppress(OSError):
+        base.parent.rmdir()  # the run's folder, once its last step is cleaned up
+
+
+def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) -> StepResult:
+    try:
+        prepared = prepare(step=step, spec=spec, context=context)
+        if isinstance(prepared, StepResult):
+            return prepared
+        result = start(
+            prepared,
+            supervisor,
+            on_output=supervisor.log.line,
+            on_tick=supervisor.log.tick,
+            on_start=supervisor.process_started,
+        )
+        return conclude(
+            step=step, prepared=prepared, result=result, deadline_reason=supervisor.deadline_reason
+        )
+    finally:
+        cleanup(step)
 
 
 def _exit_description(code: int | None) -> str:

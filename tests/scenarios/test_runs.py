@@ -1,5 +1,6 @@
 """Whole runs, executed in this process by the workers' own code (runs.runner.work)."""
 
+import itertools
 import json
 import os
 import threading
@@ -7,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 import pytest
+from django.db import connection
 
 from config.errors import Conflict, ValidationFailed
 from runs.models import Artifact, LogEntry, LogLevel, Run, RunEvent, StepAttempt
@@ -27,6 +29,15 @@ def logs(run, step=None):
 
 def steps(run):
     return {step.key: step for step in run.steps.all()}
+
+
+def drain_and_close(run) -> None:
+    """`drain` for a thread: its own database connection, left open, would keep PostgreSQL
+    from dropping the test database at the end of the session."""
+    try:
+        drain(run)
+    finally:
+        connection.close()
 
 
 def pid_alive(pid: int) -> bool:
@@ -268,7 +279,7 @@ def test_cancel_mid_step_kills_the_process_and_cancels_the_rest(make_runbook, us
         """
     )
     run = start(runbook)
-    worker = threading.Thread(target=drain, args=(run,))
+    worker = threading.Thread(target=drain_and_close, args=(run,))
     worker.start()
     line = wait_for(lambda: LogEntry.objects.filter(run=run, message__startswith="pid=").first())
     pid = int(line.message.split("=")[1])
@@ -300,7 +311,7 @@ def test_cancel_inside_a_parallel_group_closes_the_group_and_the_run(make_runboo
         """
     )
     run = start(runbook)
-    worker = threading.Thread(target=drain, args=(run,))
+    worker = threading.Thread(target=drain_and_close, args=(run,))
     worker.start()
     line = wait_for(lambda: LogEntry.objects.filter(run=run, message__startswith="pid=").first())
     run_cancel(run=Run.objects.get(pk=run.pk), user=user, reason="stop")
@@ -692,3 +703,74 @@ def test_worker_hands_a_long_chain_over_instead_of_outliving_its_task(make_runbo
     assert (tree["b"].status, tree["c"].status, tree["c"].attempt) == ("succeeded", "queued", 0)
     assert not StepAttempt.objects.filter(step=tree["c"]).exists()
     assert drain(run).status == "succeeded"
+
+
+def test_sequential_steps_and_groups_run_in_order_with_every_event(make_runbook):
+    # A step that succeeds starts its next sibling without planning the whole run; groups,
+    # conditions and the end of a group still go through the plan.
+    runbook = make_runbook(
+        """
+        slug: chain
+        name: Chain
+        steps:
+          - {id: a, shell: echo a}
+          - id: inner
+            steps:
+              - {id: b, shell: echo b}
+              - {id: c, if: "steps.b.status == 'failed'", shell: echo c}
+              - {id: d, shell: echo d}
+          - {id: e, shell: echo e}
+        """
+    )
+    run = drain(start(runbook))
+    tree = steps(run)
+    assert run.status == "succeeded"
+    assert {key: step.status for key, step in tree.items()} == {
+        "a": "succeeded",
+        "inner": "succeeded",
+        "b": "succeeded",
+        "c": "skipped",
+        "d": "succeeded",
+        "e": "succeeded",
+    }
+    ran = sorted((tree[key] for key in "abde"), key=lambda step: step.started_at)
+    assert [step.key for step in ran] == ["a", "b", "d", "e"]
+    assert all(x.finished_at <= y.started_at for x, y in itertools.pairwise(ran))
+    for key in "abde":
+        events = RunEvent.objects.filter(step=tree[key]).order_by("id")
+        assert [(e.from_status, e.to_status) for e in events] == [
+            ("pending", "queued"),
+            ("queued", "running"),
+            ("running", "succeeded"),
+        ], key
+    attempts = StepAttempt.objects.filter(step__run=run).order_by("started_at")
+    assert [(a.step.key, a.number, a.status, a.exit_code) for a in attempts] == [
+        (key, 1, "succeeded", 0) for key in "abde"
+    ]
+    assert all(a.worker and a.pid and a.started_at <= a.finished_at for a in attempts)
+
+
+def test_a_stale_upcoming_step_is_checked_not_trusted(make_runbook):
+    # Finish.upcoming carries the next sequential steps from one finish to the next; the
+    # claim's compare-and-swap decides, and a step that moved meanwhile goes through a plan.
+    from runs.services import StepResult, step_claim, step_finish
+
+    runbook = make_runbook(
+        "slug: hint\nname: Hint\nsteps: [{id: a, shell: 'true'}, {id: b, shell: 'true'},"
+        " {id: c, shell: 'true'}]"
+    )
+    run = start(runbook)
+    [a] = step_claim(run_pk=run.pk, worker="w1")
+    finish = step_finish(step=a, worker="w1", result=StepResult(status="succeeded"))
+    assert finish.next_step.key == "b" and [s.key for s in finish.upcoming] == ["c"]
+    run.steps.filter(key="c").update(status="cancelled")  # behind the worker's back
+    after = step_finish(
+        step=finish.next_step,
+        worker="w1",
+        result=StepResult(status="succeeded"),
+        upcoming=finish.upcoming,
+    )
+    assert after.next_step is None
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    assert not RunEvent.objects.filter(step__key="c", run=run).exists()
