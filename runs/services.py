@@ -215,7 +215,7 @@ def log_system(
     )
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # inside step_finish, a savepoint would cost 2 queries
 def logs_append(entries: Iterable[LogEntry]) -> None:
     """Writes log lines, numbering each run's lines on from its `log_seq`.
 
