@@ -174,7 +174,12 @@ Q_CLUSTER = {
     "ack_failures": True,
     "save_limit": -1,  # results are never read; failed tasks are still kept
     "queue_limit": 4,
-    "poll": env.float("STEPWISE_BROKER_POLL", default=0.1),
+    # The ORM broker's pusher is woken when a task is queued on this host (runs.broker), so
+    # the poll is only its fallback: for tasks queued on other hosts, or a lost wake-up.
+    "poll": env.float("STEPWISE_BROKER_POLL", default=1.0),
+    # The sentinel checks its processes (and saves its status) this often; each wake-up of
+    # an idle cluster costs CPU.
+    "guard_cycle": 2,
     "catch_up": False,
     "label": "Task queue",
 }
@@ -182,6 +187,7 @@ if STEPWISE_BROKER.startswith(("redis://", "rediss://", "unix://")):
     Q_CLUSTER["redis"] = STEPWISE_BROKER
 elif STEPWISE_BROKER in ("", "orm"):
     Q_CLUSTER["orm"] = "default"
+    Q_CLUSTER["broker_class"] = "runs.broker.WakeableORM"
 else:
     raise environ.ImproperlyConfigured(
         f"STEPWISE_BROKER must be empty, 'orm' or a redis:// URL, not {STEPWISE_BROKER!r}"
