@@ -1,0 +1,349 @@
+"""Moving runs forward: planning what is ready, locking, enqueueing, finishing, cancelling."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from config.errors import Conflict, InvalidTransition
+from runbooks.services import version_definition, version_steps
+from runs import engine, secrets, templating
+from runs.models import LogLevel, Run, RunEvent, Step
+from runs.services.events import _events_batched, _flush_events, run_transition, step_transition
+from runs.services.logs import log_system
+from runs.state import (
+    RUN_ACTIVE,
+    STEP_ACTIVE,
+    RunStatus,
+    StepStatus,
+)
+
+
+def _nodes(run: Run) -> tuple[list[engine.Node], dict[int, Step]]:
+    steps = {step.pk: step for step in run.steps.all()}
+    nodes = {
+        pk: engine.Node(
+            pk=pk,
+            key=step.key,
+            kind=step.kind,
+            status=step.status,
+            condition=step.condition or None,
+            continue_on_error=step.continue_on_error,
+            parallel=step.parallel,
+            error=step.error,
+        )
+        for pk, step in steps.items()
+    }
+    top: list[engine.Node] = []
+    for pk, step in sorted(steps.items(), key=lambda item: item[1].position):
+        (nodes[step.parent_id].children if step.parent_id else top).append(nodes[pk])
+    return top, steps
+
+
+def template_context(
+    run: Run, steps: Iterable[tuple[str, str, dict]] | None = None
+) -> dict[str, Any]:
+    """What templates see: params (secrets included), steps' outputs and statuses, the run.
+
+    `steps` are (key, status, outputs) rows; by default they are read from the database.
+    """
+    if steps is None:
+        steps = run.steps.values_list("key", "status", "outputs")
+    return {
+        "params": {**run.params, **secrets.unseal(run.sealed_secrets)},
+        "steps": {key: {"status": status, "outputs": outputs} for key, status, outputs in steps},
+        "run": {
+            "number": run.number,
+            "id": str(run.uuid),
+            "created_by": run.created_by.get_username() if run.created_by_id else None,
+        },
+    }
+
+
+def _masker(run: Run) -> secrets.Masker:
+    try:
+        return secrets.Masker(secrets.unseal(run.sealed_secrets).values())
+    except secrets.SecretsUnreadable:
+        # Nothing can print what nothing can decrypt; the step fails with the reason.
+        return secrets.Masker([])
+
+
+VERSION_HEAVY = ("definition", "source")  # what the engine never reads from a version row
+
+
+def lock_run(run: Run) -> Run:
+    """A fresh copy of the run with its row locked until the transaction ends."""
+    return _lock(run)
+
+
+def _lock(run: Run) -> Run:
+    return (
+        Run.objects.select_for_update(of=("self",))
+        .select_related("created_by", "version")
+        .defer(*(f"version__{name}" for name in VERSION_HEAVY))
+        .get(pk=run.pk)
+    )
+
+
+# What can change on a run once it exists: run_transition's fields, and the title that
+# run_create sets. Everything else (version, params, secrets, deadline, creator) is fixed.
+RUN_MUTABLE = ("status", "started_at", "finished_at", "outputs", "error", "cancel_reason", "title")
+
+
+def _relock(run: Run) -> Run:
+    """Locks the run's row and refreshes, on `run` itself, the fields that can change.
+
+    For a worker's own copy of the run (loaded at the claim, with its version and creator):
+    a lighter query than `_lock`, which a step's finish pays for on every step.
+    """
+    fresh = Run.objects.select_for_update().values(*RUN_MUTABLE).get(pk=run.pk)
+    for name, value in fresh.items():
+        setattr(run, name, value)
+    return run
+
+
+def _render_run_outputs(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
+    definition = version_definition(run.version)
+    context = template_context(run, [(s.key, s.status, s.outputs) for s in steps])
+    masker = _masker(run)
+    return {
+        name: masker.text(templating.render(template, context))
+        for name, template in definition.outputs.items()
+    }
+
+
+def _finish_run(run: Run, steps: dict[int, Step], failed: engine.Node | None) -> None:
+    now = timezone.now()
+    if failed is None:
+        try:
+            outputs = _render_run_outputs(run, steps.values())
+        except templating.RenderError as error:
+            run_transition(
+                run=run,
+                to=RunStatus.FAILED,
+                reason="outputs failed to render",
+                finished_at=now,
+                error={"message": f"Run outputs failed to render: {error}", "step": None},
+            )
+            log_system(run_id=run.pk, message=f"run outputs failed: {error}", level=LogLevel.ERROR)
+            return
+        run_transition(run=run, to=RunStatus.SUCCEEDED, finished_at=now, outputs=outputs)
+        return
+    step = steps[failed.pk]
+    error = {"message": f"Step {step.number} ({step.key}) {_describe(step)}", "step": step.number}
+    run_transition(
+        run=run, to=RunStatus.FAILED, reason=error["message"], finished_at=now, error=error
+    )
+
+
+def _describe(step: Step) -> str:
+    if step.status == StepStatus.TIMED_OUT:
+        return f"timed out: {step.error}" if step.error else "timed out"
+    return f"failed: {step.error}" if step.error else "failed"
+
+
+@dataclass(frozen=True)
+class Advance:
+    queued: list[int]  # steps that became ready, in outline order
+    # The run's steps as this plan left them (empty when nothing was planned): the caller
+    # holds the run lock, so a step just queued is claimed from here without reading it again.
+    steps: dict[int, Step] = field(default_factory=dict)
+
+
+@_events_batched
+def run_advance(*, run: Run, hold_first: bool = False, locked: bool = False) -> Advance:
+    """Starts what is ready, ends what is done. Call inside a transaction.
+
+    With `hold_first`, the first ready step is not sent to the queue: the calling worker
+    claims it itself, saving a queue round trip per step of a sequential chain. `locked`
+    says the caller already holds the run's row lock (and a fresh copy of the run).
+    """
+    if not locked:
+        run = _lock(run)
+    if run.is_terminal:
+        return Advance(queued=[])
+    top, steps = _nodes(run)
+    if run.status == RunStatus.CANCELLING:
+        _stop_if_idle(run, top, steps, RunStatus.CANCELLED, "run cancelled")
+        return Advance(queued=[])
+    if run.deadline and timezone.now() >= run.deadline:
+        _time_out(run, top, steps)
+        return Advance(queued=[])
+
+    context: dict[str, Any] | None = None
+
+    def condition_holds(node: engine.Node) -> bool:
+        nonlocal context
+        if context is None:
+            context = template_context(run, [(s.key, s.status, s.outputs) for s in steps.values()])
+        # Statuses decided earlier in this same plan are visible to later conditions.
+        for pk, step in steps.items():
+            context["steps"][step.key]["status"] = nodes_by_pk[pk].status
+        return bool(templating.evaluate(node.condition or "", context))
+
+    nodes_by_pk: dict[int, engine.Node] = {}
+    stack = list(top)
+    while stack:
+        node = stack.pop()
+        nodes_by_pk[node.pk] = node
+        stack.extend(node.children)
+
+    outcome = engine.plan(top, condition_holds)
+    now = timezone.now()
+    queued: list[int] = []
+    for decision in outcome.decisions:
+        step = steps[decision.pk]
+        fields: dict[str, Any] = {}
+        if decision.status == StepStatus.QUEUED:
+            fields = {"enqueued_at": now}
+            queued.append(step.pk)
+        elif decision.status == StepStatus.RUNNING:
+            fields = {"started_at": now}
+        else:
+            fields = {"finished_at": now, "error": decision.reason}
+            if decision.status == StepStatus.SKIPPED:
+                fields["started_at"] = None
+        if not step_transition(step=step, to=decision.status, reason=decision.reason, **fields):
+            raise InvalidTransition(f"Step {step.number} moved while run #{run.pk} was locked.")
+        if decision.status == StepStatus.FAILED:
+            log_system(run_id=run.pk, step=step, message=decision.reason, level=LogLevel.ERROR)
+    if outcome.finished:
+        if run.status == RunStatus.QUEUED and outcome.failed_step is None:
+            run.started_at = run.started_at or now
+            Run.objects.filter(pk=run.pk).update(started_at=run.started_at)
+        _finish_run(run, steps, outcome.failed_step)
+    gates = [pk for pk in queued if steps[pk].kind == "approval"]
+    if gates:
+        # Approvals need no worker: their gates open here, and a gate that cannot open (its
+        # message failed to render) fails its step, which the next plan reacts to.
+        if not _open_gates(run, [steps[pk] for pk in gates]):
+            return run_advance(run=run, hold_first=hold_first, locked=True)
+        queued = [pk for pk in queued if pk not in gates]
+    _sync_waiting(run, steps)
+    queued.sort(key=lambda pk: steps[pk].position)
+    # Workers that wake for a fan-out keep claiming its ready steps (runner.work), so a few
+    # messages serve a group of any width; the reaper re-sends any that get lost.
+    wake = queued[1:] if hold_first else queued
+    _enqueue(run.pk, wake[: settings.STEPWISE_FANOUT_WAKEUPS])
+    return Advance(queued=queued, steps=steps)
+
+
+def _open_gates(run: Run, gates: list[Step]) -> bool:
+    """Opens approval steps; returns False if one failed instead."""
+    from approvals.services import approval_open  # approvals builds on runs
+
+    context = template_context(run)
+    masker = _masker(run)
+    specs = version_steps(run.version)
+    for step in gates:
+        spec = specs[step.key].approval
+        try:
+            message = masker.text(templating.render(spec.message, context))
+        except templating.RenderError as error:
+            reason = f"template error in the approval message: {error}"
+            step_transition(
+                step=step,
+                to=StepStatus.FAILED,
+                reason=reason,
+                error=reason,
+                finished_at=timezone.now(),
+            )
+            log_system(run_id=run.pk, step=step, message=reason, level=LogLevel.ERROR)
+            return False
+        step_transition(step=step, to=StepStatus.WAITING, started_at=timezone.now())
+        approval_open(run=run, step=step, spec=spec, message=message)
+    return True
+
+
+def _sync_waiting(run: Run, steps: dict[int, Step]) -> None:
+    """A run is `waiting` while an approval is open and nothing else is queued or running."""
+    if run.is_terminal or run.status == RunStatus.CANCELLING:
+        return
+    leaves = [step.status for step in steps.values() if not step.is_group]
+    busy = any(status in (StepStatus.QUEUED, StepStatus.RUNNING) for status in leaves)
+    waiting = StepStatus.WAITING in leaves
+    if waiting and not busy and run.status != RunStatus.WAITING:
+        run_transition(run=run, to=RunStatus.WAITING, started_at=run.started_at or timezone.now())
+    elif busy and run.status == RunStatus.WAITING:
+        run_transition(run=run, to=RunStatus.RUNNING)
+
+
+def _stop_if_idle(
+    run: Run, top: list[engine.Node], steps: dict[int, Step], status: str, reason: str
+) -> None:
+    """Cancels what has not started; ends the run once nothing is running any more."""
+    from approvals.services import approvals_cancel_for_run  # approvals builds on runs
+
+    approvals_cancel_for_run(run=run)
+    for decision in engine.cancel_plan(top):
+        step_transition(
+            step=steps[decision.pk],
+            to=StepStatus.CANCELLED,
+            reason=reason,
+            finished_at=timezone.now(),
+        )
+    # Groups stay running until closed below; only leaves hold processes or approvals.
+    if any(step.status in STEP_ACTIVE for step in steps.values() if not step.is_group):
+        return
+    group_status = StepStatus.CANCELLED if status == RunStatus.CANCELLED else StepStatus.FAILED
+    for decision in engine.close_groups(top, group_status, reason):
+        step_transition(
+            step=steps[decision.pk], to=decision.status, reason=reason, finished_at=timezone.now()
+        )
+    fields: dict[str, Any] = {"finished_at": timezone.now()}
+    if status == RunStatus.TIMED_OUT:
+        fields["error"] = {"message": reason, "step": None}
+    if run.status == RunStatus.CANCELLING and status != RunStatus.CANCELLED:
+        status = RunStatus.CANCELLED
+    run_transition(run=run, to=status, reason=reason, **fields)
+
+
+def _time_out(run: Run, top: list[engine.Node], steps: dict[int, Step]) -> None:
+    timeout = version_definition(run.version).timeout
+    reason = f"run timed out after {timeout:g}s" if timeout else "run timed out"
+    _flush_events()  # an earlier timeout event of this transaction must be visible
+    if not run.events.filter(kind="timeout").exists():
+        RunEvent.objects.create(run=run, kind="timeout", message=reason)
+        log_system(run_id=run.pk, message=reason, level=LogLevel.ERROR)
+    _stop_if_idle(run, top, steps, RunStatus.TIMED_OUT, reason)
+
+
+def _enqueue(run_pk: int, step_pks: list[int]) -> None:
+    """Wakes a worker for each step, once the transaction that queued them has committed."""
+    if not step_pks:
+        return
+    from runs import tasks  # the task module imports services
+
+    def send() -> None:
+        for pk in step_pks:
+            tasks.wake(run_pk, pk)
+
+    transaction.on_commit(send)
+
+
+@transaction.atomic
+@_events_batched
+def run_cancel(*, run: Run, user: AbstractBaseUser | None, reason: str) -> Run:
+    """Stops a run: steps not started are cancelled, running ones are killed by their workers."""
+    reason = (reason or "").strip()
+    run = _lock(run)
+    if run.status not in RUN_ACTIVE:
+        raise Conflict(f"Run #{run.number} is {run.status}; only active runs can be cancelled.")
+    who = user.get_username() if user else "system"
+    run_transition(
+        run=run,
+        to=RunStatus.CANCELLING,
+        actor=user,
+        reason=reason,
+        cancel_reason=reason,
+    )
+    log_system(
+        run_id=run.pk, message=f"cancel requested by {who}" + (f": {reason}" if reason else "")
+    )
+    top, steps = _nodes(run)
+    _stop_if_idle(run, top, steps, RunStatus.CANCELLED, "run cancelled")
+    return run

@@ -1,0 +1,185 @@
+"""Starting runs: validating params, copying the step tree, retrying a run."""
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from config.errors import Conflict, ValidationFailed
+from runbooks.models import Runbook, RunbookVersion
+from runbooks.params import ParamsError, coerce_params, secret_names
+from runbooks.services import version_definition
+from runs import secrets
+from runs.models import Run, RunEvent, Step
+from runs.services.advance import run_advance
+from runs.services.events import _events_batched, step_transition
+from runs.state import (
+    RunStatus,
+    StepStatus,
+)
+
+
+def _create_steps(run: Run, definition: Any) -> None:
+    """Copies the definition's step tree into Step rows, parents before children."""
+    by_number: dict[str, Step] = {}
+    levels: dict[int, list[tuple[str | None, Step]]] = {}
+    for position, (number, spec, parent_number, depth) in enumerate(definition.iter_steps()):
+        step = Step(
+            run=run,
+            position=position,
+            number=number,
+            key=spec.id,
+            name=spec.display_name,
+            kind=spec.kind,
+            condition=spec.if_ or "",
+            max_attempts=spec.max_attempts if spec.kind != "group" else 1,
+            continue_on_error=spec.continue_on_error,
+            parallel=getattr(spec, "parallel", False),
+        )
+        by_number[number] = step
+        levels.setdefault(depth, []).append((parent_number, step))
+    for depth in sorted(levels):
+        rows = []
+        for parent_number, step in levels[depth]:
+            step.parent = by_number[parent_number] if parent_number else None
+            rows.append(step)
+        Step.objects.bulk_create(rows)
+
+
+def _split_secrets(
+    version: RunbookVersion, params: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    names = secret_names(version_definition(version).params)
+    shown = {k: (secrets.MASK if k in names and v is not None else v) for k, v in params.items()}
+    hidden = {k: v for k, v in params.items() if k in names and v is not None}
+    return shown, hidden
+
+
+def params_validate(*, version: RunbookVersion, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validates and coerces params against a version's schema; raises ValidationFailed."""
+    if not isinstance(params, Mapping):
+        raise ValidationFailed(
+            "params must be an object.", details={"params": ["must be an object"]}
+        )
+    try:
+        return coerce_params(version_definition(version).params, params)
+    except ParamsError as error:
+        details = {f"params.{name}": messages for name, messages in error.errors.items()}
+        raise ValidationFailed("Some params are not valid.", details=details) from error
+
+
+@transaction.atomic
+@_events_batched
+def run_create(
+    *,
+    runbook: Runbook,
+    params: Mapping[str, Any],
+    user: AbstractBaseUser | None,
+    origin: str,
+    title: str = "",
+    labels: Mapping[str, str] | None = None,
+    version: RunbookVersion | None = None,
+    retried_from: Run | None = None,
+    reuse_from: Run | None = None,
+) -> Run:
+    """Validates params and starts a run of the runbook's latest version (or `version`)."""
+    if version is None:
+        if runbook.is_archived:
+            raise Conflict(f"Runbook {runbook.slug!r} is archived; it cannot be run.")
+        version = runbook.latest_version
+        if version is None:
+            raise Conflict(f"Runbook {runbook.slug!r} has no version to run.")
+    if labels is not None and not (
+        isinstance(labels, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+    ):
+        raise ValidationFailed(
+            "labels must map strings to strings.",
+            details={"labels": ["must be an object of strings"]},
+        )
+    values = params_validate(version=version, params=params)
+    shown, hidden = _split_secrets(version, values)
+    definition = version_definition(version)
+    now = timezone.now()
+    run = Run.objects.create(
+        runbook=runbook,
+        version=version,
+        title=title,
+        params=shown,
+        sealed_secrets=secrets.seal(hidden),
+        labels=dict(labels or {}),
+        created_by=user,
+        origin=origin,
+        retried_from=retried_from,
+        deadline=now + timedelta(seconds=definition.timeout) if definition.timeout else None,
+    )
+    if not title:
+        run.title = f"{runbook.name} #{run.number}"
+        Run.objects.filter(pk=run.pk).update(title=run.title)
+    RunEvent.objects.create(
+        run=run,
+        to_status=RunStatus.QUEUED,
+        actor=user,
+        message=f"retry of #{retried_from.number}" if retried_from else f"started from {origin}",
+    )
+    _create_steps(run, definition)
+    if reuse_from is not None:
+        _reuse_succeeded_steps(run, reuse_from)
+    run_advance(run=run)
+    return run
+
+
+def _reuse_succeeded_steps(run: Run, source: Run) -> None:
+    """Retry from failed: leaf steps that succeeded before keep their outputs and don't rerun."""
+    done = {
+        key: (outputs, started, finished)
+        for key, outputs, started, finished in source.steps.leaves()
+        .filter(status=StepStatus.SUCCEEDED)
+        .values_list("key", "outputs", "started_at", "finished_at")
+    }
+    for step in run.steps.leaves().filter(key__in=done):
+        outputs, started, finished = done[step.key]
+        step_transition(
+            step=step,
+            to=StepStatus.SUCCEEDED,
+            reason=f"reused the result from run #{source.number}",
+            outputs=outputs,
+            started_at=started,
+            finished_at=finished,
+        )
+
+
+def run_retry(
+    *,
+    run: Run,
+    user: AbstractBaseUser | None,
+    origin: str,
+    params: Mapping[str, Any] | None = None,
+    mode: str = "start",
+) -> Run:
+    """Starts a new run of the same version; `mode="failed"` reuses steps that succeeded."""
+    if mode not in ("start", "failed"):
+        raise ValidationFailed(
+            "from must be 'start' or 'failed'.", details={"from": ["must be start or failed"]}
+        )
+    if not run.is_terminal:
+        raise Conflict(
+            f"Run #{run.number} is still {run.status}; only finished runs can be retried."
+        )
+    if mode == "failed" and run.status == RunStatus.SUCCEEDED:
+        raise Conflict(f"Run #{run.number} succeeded; there is no failed step to retry from.")
+    if params is None:
+        params = {**run.params, **secrets.unseal(run.sealed_secrets)}
+    return run_create(
+        runbook=run.runbook,
+        version=run.version,
+        params=params,
+        user=user,
+        origin=origin,
+        labels=run.labels,
+        retried_from=run,
+        reuse_from=run if mode == "failed" else None,
+    )
