@@ -176,10 +176,10 @@ Q_CLUSTER = {
     "queue_limit": 4,
     # The ORM broker's pusher is woken when a task is queued on this host (runs.broker), so
     # the poll is only its fallback: for tasks queued on other hosts, or a lost wake-up.
-    "poll": env.float("STEPWISE_BROKER_POLL", default=1.0),
+    "poll": env.float("STEPWISE_BROKER_POLL", default=5.0),
     # The sentinel checks its processes (and saves its status) this often; each wake-up of
     # an idle cluster costs CPU.
-    "guard_cycle": 2,
+    "guard_cycle": 5,
     "catch_up": False,
     "label": "Task queue",
 }

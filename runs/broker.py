@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 
 from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf, logger
+from django_q.models import OrmQ
 
 
 def _wake_dir() -> Path:
@@ -39,7 +41,12 @@ class WakeableORM(ORM):
         return task_id
 
     def dequeue(self):
-        # ORM.dequeue, with the wait on our socket in place of its sleep(poll).
+        # ORM.dequeue, with the wait on our socket in place of its sleep(poll), and a plain
+        # SQL look first: the ORM query touches far more memory, which is what makes an idle
+        # process's wake-up dear.
+        if not self._any_ready():
+            self._wait(Conf.POLL)
+            return None
         tasks = self.get_connection().filter(key=self.list_key, lock__lt=timezone.now())[
             : Conf.BULK
         ]
@@ -53,6 +60,17 @@ class WakeableORM(ORM):
             ]
         self._wait(Conf.POLL)
         return None
+
+    def _any_ready(self) -> bool:
+        self.get_connection()  # closes a broken connection, as ORM's queries do
+        connection = connections[Conf.ORM or DEFAULT_DB_ALIAS]
+        table, key, lock = map(connection.ops.quote_name, (OrmQ._meta.db_table, "key", "lock"))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT 1 FROM {table} WHERE {key} = %s AND {lock} < %s LIMIT 1",  # noqa: S608
+                [self.list_key, connection.ops.adapt_datetimefield_value(timezone.now())],
+            )
+            return cursor.fetchone() is not None
 
     def _wait(self, timeout: float) -> None:
         sock = self._listen()

@@ -1,12 +1,17 @@
 """The reaper: keeps every run moving when workers die or queue messages are lost.
 
-It runs in a thread of each django-q2 worker process, started when the worker spawns (so on
-cluster start, and again whenever django-q2 replaces a dead worker), and every
-STEPWISE_REAPER_INTERVAL seconds after that. Every change it makes is a compare-and-swap, so
-any number of reapers across machines can run at once.
+A thread starts in each django-q2 worker process when the worker spawns (so on cluster start,
+and again whenever django-q2 replaces a dead worker), but only one per host reaps: the one
+holding an exclusive lock on `<var>/reaper.lock`, every STEPWISE_REAPER_INTERVAL seconds. The
+others wait for the lock in the kernel, which costs nothing while idle (each waking process
+costs an idle cluster CPU), and one of them takes over the moment its holder's process exits,
+killed or not. Every change a reaper makes is a compare-and-swap, so reapers on other hosts
+(or two at once, if the lock cannot be taken) are safe.
 """
 
+import fcntl
 import logging
+import os
 import random
 import threading
 
@@ -71,8 +76,20 @@ def _loop() -> None:
         _tick.wait(interval)
 
 
+def _lead() -> None:
+    """Waits until this process holds the host's reaper lock, then reaps until it exits."""
+    path = settings.VAR_DIR / "reaper.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # never released: the kernel does, at exit
+    except OSError as error:
+        logger.warning("reaper: no lock at %s (%s); reaping from every worker", path, error)
+    _loop()
+
+
 def start(**_: object) -> None:
-    threading.Thread(target=_loop, name="stepwise-reaper", daemon=True).start()
+    threading.Thread(target=_lead, name="stepwise-reaper", daemon=True).start()
 
 
 def connect() -> None:

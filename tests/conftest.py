@@ -163,10 +163,13 @@ class Cluster:
 
         tree = psutil.Process(self.process.pid).children(recursive=True)
         # The sentinel's children are the workers, the monitor and the pusher; workers are the
-        # ones that run our task, recognisable by their name django-q2 sets.
-        return [p.pid for p in tree if "worker" in " ".join(p.cmdline()).lower()] or [
-            p.pid for p in tree
-        ]
+        # ones that run our task, recognisable by their name django-q2 sets. A worker killed
+        # a moment ago may linger as a zombie until the sentinel reaps it: not a worker.
+        commands = {}
+        for process in tree:
+            with contextlib.suppress(psutil.Error):
+                commands[process.pid] = " ".join(process.cmdline()).lower()
+        return [pid for pid, command in commands.items() if "worker" in command] or list(commands)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -39,6 +39,7 @@ def test_an_enqueued_task_wakes_the_idle_pusher_at_once(transactional_db, var_di
     assert not thread.is_alive(), "the pusher slept on instead of waking"
     assert got == [(task_id, "payload")]
     assert OrmQ.objects.get(pk=task_id).lock > timezone.now()  # taken, until acknowledged
+    assert not pusher._any_ready()  # so the pusher does not see it again
 
 
 def test_a_wake_up_without_a_task_makes_the_pusher_look_once_and_wait_again(

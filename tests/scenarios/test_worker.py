@@ -2,6 +2,7 @@
 
 import os
 import signal
+from pathlib import Path
 
 import psutil
 import pytest
@@ -143,3 +144,56 @@ def test_message_lost_before_any_worker_saw_it_is_sent_again(cluster, make_runbo
     cluster(STEPWISE_REQUEUE_AFTER="1")
     run = wait_for_run(run, timeout=30)
     assert run.status == "succeeded"
+
+
+def reaper_holder(lock: Path) -> int | None:
+    """The pid holding the flock on `lock`, read from /proc/locks (waiters are marked ->)."""
+    if not lock.exists():
+        return None
+    inode = lock.stat().st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) == inode:
+            return int(fields[4])
+    return None
+
+
+def test_one_worker_reaps_and_another_takes_over_when_it_dies(cluster, make_runbook, settings):
+    # One step per worker, so that the reaper's worker dies running a step (a worker killed
+    # while idle may take django-q2's task queue lock with it).
+    qcluster = cluster(STEPWISE_STEP_BATCH="1")
+    runbook = make_runbook(
+        """
+        slug: reaped
+        name: Reaped
+        steps:
+          - id: both
+            parallel: true
+            steps:
+              - id: a
+                retries: 1
+                shell: |
+                  echo "pid=$$"
+                  if [ "$STEPWISE_ATTEMPT" = 1 ]; then sleep 300; fi
+              - id: b
+                retries: 1
+                shell: |
+                  echo "pid=$$"
+                  if [ "$STEPWISE_ATTEMPT" = 1 ]; then sleep 300; fi
+        """
+    )
+    run = start(runbook)
+    workers = {worker_running(step_pid(run, key)): key for key in ("a", "b")}
+    lock = settings.VAR_DIR / "reaper.lock"
+    holder = wait_for(lambda: reaper_holder(lock))
+    assert holder in workers, "the reaper runs in one of the cluster's workers"
+
+    os.kill(holder, signal.SIGKILL)
+    successor = wait_for(lambda: (pid := reaper_holder(lock)) != holder and pid)
+    assert successor in qcluster.worker_pids()
+    # The new holder reaps: the dead worker's step is taken back and retried.
+    lost = run.steps.get(key=workers[holder])
+    wait_for(lambda: lost.refresh_from_db() or lost.status == "succeeded", timeout=60)
+    assert lost.attempt == 2, qcluster.output()
+    assert LogEntry.objects.filter(run=run, step=lost, message__contains="worker lost").exists()
+    run_cancel(run=run, user=None, reason="the other step sleeps on")
