@@ -197,3 +197,24 @@ def test_one_worker_reaps_and_another_takes_over_when_it_dies(cluster, make_runb
     assert lost.attempt == 2, qcluster.output()
     assert LogEntry.objects.filter(run=run, step=lost, message__contains="worker lost").exists()
     run_cancel(run=run, user=None, reason="the other step sleeps on")
+
+
+def test_runs_still_start_after_the_worker_next_in_line_is_killed(cluster, make_runbook):
+    qcluster = cluster()
+    runbook = make_runbook(
+        "slug: idle-kill\nname: Idle kill\nsteps: [{id: a, shell: 'echo pid=$$; sleep 1'}]"
+    )
+    run = start(runbook)
+    busy = worker_running(step_pid(run, "a"))
+    assert wait_for_run(run, timeout=30).status == "succeeded"
+    # While `busy` ran the step, the other worker took the task queue's read lock to wait
+    # for the next task (workers are the sentinel's first children). Killing it there used
+    # to leave the lock taken for good: no worker, old or new, ever got a task again.
+    sentinel = psutil.Process(busy).parent()
+    workers = sorted(sentinel.children(), key=lambda p: p.create_time())[:2]
+    next_in_line = next(p.pid for p in workers if p.pid != busy)
+    os.kill(next_in_line, signal.SIGKILL)
+    wait_for(lambda: gone(next_in_line))
+    for _ in range(3):
+        run = wait_for_run(start(runbook), timeout=30)
+        assert run.status == "succeeded", qcluster.output()
