@@ -32,8 +32,9 @@ CLIENTS = 50
 PORT = 8799
 
 
-def prepare(env: dict[str, str]) -> str:
-    """Migrates, loads 100,000 runs and returns an API token (in a child Django process)."""
+def prepare(env: dict[str, str]) -> list[str]:
+    """Migrates, loads 100,000 runs and makes one operator with an API token per client;
+    returns the tokens (in a child Django process)."""
     code = f"""
 import django, json
 django.setup()
@@ -60,7 +61,14 @@ for start in range(0, {RUNS}, 5000):
              status="succeeded", attempt=1)
         for run in runs
     ])
-print(json.dumps({{"token": token_create(user=user, name="bench")[1]}}))
+from django.contrib.auth.models import Group
+operators = Group.objects.get(name="operator")
+tokens = []
+for i in range({CLIENTS}):
+    client = User.objects.create_user(f"client{{i:02d}}", password="client-password-123")
+    client.groups.add(operators)
+    tokens.append(token_create(user=client, name="bench")[1])
+print(json.dumps({{"tokens": tokens}}))
 """
     if env["DATABASE_URL"].startswith("postgres"):
         # As autovacuum would soon after a bulk load: fresh statistics and a visibility map
@@ -69,14 +77,15 @@ print(json.dumps({{"token": token_create(user=user, name="bench")[1]}}))
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])["token"]
+    return json.loads(out.stdout.strip().splitlines()[-1])["tokens"]
 
 
 def wrk(
-    base: str, token: str, clients: int, seconds: int, *script_args: str, body: str = ""
+    base: str, tokens: list[str], clients: int, seconds: int, *script_args: str, body: str = ""
 ) -> dict:
     """Runs wrk (a load generator written in C, so the client costs next to nothing of the
-    2 cores the server needs) with bench/wrk.lua; returns its figures in milliseconds."""
+    2 cores the server needs) with bench/wrk.lua; returns its figures in milliseconds.
+    Requests take the first `clients` tokens in turn: each client is its own user."""
     out = subprocess.run(
         [
             "wrk",
@@ -84,13 +93,12 @@ def wrk(
             f"--threads={min(clients, 2)}",
             f"--duration={seconds}s",
             "--timeout=30s",
-            f"--header=Authorization: Bearer {token}",
             f"--script={ROOT / 'bench' / 'wrk.lua'}",
             base,
             "--",
             *script_args,
         ],
-        env={**os.environ, "BODY": body},
+        env={**os.environ, "BODY": body, "TOKENS": " ".join(tokens[:clients])},
         capture_output=True,
         text=True,
         check=True,
@@ -109,19 +117,19 @@ def deep_cursor(position: int) -> str:
     return base64.b64encode(f"p={position}".encode()).decode()
 
 
-def measure(base: str, token: str, quick: bool) -> dict:
+def measure(base: str, tokens: list[str], quick: bool) -> dict:
     seconds = 10 if quick else 30
-    wrk(base, token, CLIENTS, 3, "detail", str(RUNS))  # warm every server process up
+    wrk(base, tokens, CLIENTS, 3, "detail", str(RUNS))  # warm every server process up
     first = "/api/v1/runs?per_page=25"
     deep = f"/api/v1/runs?per_page=25&cursor={deep_cursor(RUNS // 10)}"
     body = json.dumps({"runbook": "bench", "params": {}})
     return {
-        "detail": wrk(base, token, CLIENTS, seconds, "detail", str(RUNS)),
-        "list_first_page": wrk(base, token, CLIENTS, seconds, "get", first),
-        "list_deep_cursor": wrk(base, token, CLIENTS, seconds, "get", deep),
-        "list_first_page_one_client": wrk(base, token, 1, 5, "get", first),
-        "list_deep_cursor_one_client": wrk(base, token, 1, 5, "get", deep),
-        "create": wrk(base, token, CLIENTS, seconds, "post", "/api/v1/runs", body=body),
+        "detail": wrk(base, tokens, CLIENTS, seconds, "detail", str(RUNS)),
+        "list_first_page": wrk(base, tokens, CLIENTS, seconds, "get", first),
+        "list_deep_cursor": wrk(base, tokens, CLIENTS, seconds, "get", deep),
+        "list_first_page_one_client": wrk(base, tokens, 1, 5, "get", first),
+        "list_deep_cursor_one_client": wrk(base, tokens, 1, 5, "get", deep),
+        "create": wrk(base, tokens, CLIENTS, seconds, "post", "/api/v1/runs", body=body),
     }
 
 
@@ -162,11 +170,11 @@ def main() -> None:
     processes: list = []
     try:
         print(f"loading {RUNS:,} runs ...", file=sys.stderr)
-        token = prepare(env)
+        tokens = prepare(env)
         processes = stack.start(env, PORT, args.web_workers, work / "server.log")
         base = f"http://127.0.0.1:{PORT}"
         print("measuring ...", file=sys.stderr)
-        figures = measure(base, token, args.quick)
+        figures = measure(base, tokens, args.quick)
         locked = (work / "server.log").read_text(errors="replace").count("database is locked")
         figures["database_is_locked_errors"] = locked
     finally:

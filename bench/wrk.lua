@@ -4,10 +4,16 @@
 --   post PATH     POST PATH with the JSON body in the BODY environment variable
 -- and prints one JSON line of figures when done (latencies in microseconds).
 
+-- Each request carries the next token of TOKENS (space-separated), one per client.
+
 local mode, arg
+local tokens, turn = {}, 0
 
 function init(args)
   mode, arg = args[1], args[2]
+  for token in string.gmatch(os.getenv("TOKENS"), "%S+") do
+    tokens[#tokens + 1] = token
+  end
   if mode == "post" then
     wrk.method = "POST"
     wrk.body = os.getenv("BODY")
@@ -16,10 +22,15 @@ function init(args)
 end
 
 function request()
-  if mode == "detail" then
-    return wrk.format(nil, "/api/v1/runs/" .. math.random(1, tonumber(arg)))
+  turn = turn % #tokens + 1
+  local headers = {Authorization = "Bearer " .. tokens[turn]}
+  for name, value in pairs(wrk.headers) do  -- wrk.format uses these only when given none
+    headers[name] = value
   end
-  return wrk.format(nil, arg)
+  if mode == "detail" then
+    return wrk.format(nil, "/api/v1/runs/" .. math.random(1, tonumber(arg)), headers)
+  end
+  return wrk.format(nil, arg, headers)
 end
 
 function done(summary, latency, requests)
