@@ -423,6 +423,31 @@ def _open_pidfd(pid: int) -> int | None:
         return None  # old kernel, or seccomp forbids it: fall back to polling
 
 
+def kill_orphans_by_environment(expected_env: dict[str, str]) -> bool:
+    """SIGKILLs the process groups of every process on this host that has `expected_env`.
+
+    For an attempt whose worker died before writing its pid (the first 50 ms of a step):
+    without a pid to start from, this reads the environment of every process it may read
+    (a few milliseconds for a few hundred processes; only a lost worker gets here). Returns
+    whether a group was killed.
+    """
+    own_group = os.getpgid(0)
+    groups = set()
+    for process in psutil.process_iter():
+        try:
+            environment = process.environ()
+            if all(environment.get(name) == value for name, value in expected_env.items()):
+                groups.add(os.getpgid(process.pid))
+        except (psutil.Error, ProcessLookupError):
+            continue  # gone, a zombie, or not ours to read
+    killed = False
+    for group in groups - {own_group}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+            killed = True
+    return killed
+
+
 def kill_orphaned_group(pid: int, expected_env: dict[str, str]) -> bool:
     """SIGKILLs the process group led by `pid` if that process is the one we expect.
 

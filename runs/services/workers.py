@@ -14,7 +14,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from runbooks.services import version_steps
-from runs.executors.process import kill_orphaned_group
+from runs.executors.process import kill_orphaned_group, kill_orphans_by_environment
 from runs.models import LogEntry, LogLevel, Run, Step, StepAttempt
 from runs.services.advance import VERSION_HEAVY, _enqueue, _lock, _masker, _relock, run_advance
 from runs.services.events import (
@@ -559,7 +559,7 @@ def attempt_started(*, step: Step, pid: int) -> None:
 
 def _kill_lost_attempt(run: Run, step: Step) -> None:
     attempt = StepAttempt.objects.filter(step=step, number=step.attempt).first()
-    if attempt is None or attempt.pid is None:
+    if attempt is None or (attempt.pid is None and step.kind != "shell"):
         return
     host = attempt.worker.split(":", 1)[0]
     if host != socket.gethostname():
@@ -575,7 +575,11 @@ def _kill_lost_attempt(run: Run, step: Step) -> None:
         "STEPWISE_STEP_ID": step.key,
         "STEPWISE_ATTEMPT": str(attempt.number),
     }
-    if kill_orphaned_group(attempt.pid, expected):
+    if attempt.pid is None:  # the worker died before writing it
+        killed = kill_orphans_by_environment(expected)
+    else:
+        killed = kill_orphaned_group(attempt.pid, expected)
+    if killed:
         log_system(
             run_id=run.pk,
             step=step,
