@@ -6,8 +6,8 @@ cancel) ends by calling `run_advance` with the run row locked, so two workers fi
 steps at the same instant cannot both miss that their group is done.
 
 events (transitions), logs, advance (planning, locking, cancelling), create (starting and
-retrying runs), workers (claims, heartbeats, results, lost steps) and artifacts; callers
-import from `runs.services`, the names below.
+retrying runs), workers (claims, heartbeats, results), recovery (what the reaper calls: lost
+steps and wake-ups) and artifacts; callers import from `runs.services`, the names below.
 """
 
 from runs.services.advance import (
@@ -36,6 +36,7 @@ from runs.services.logs import (
     log_system,
     logs_append,
 )
+from runs.services.recovery import step_reclaim_lost, step_requeue_stalled, step_wake_due
 from runs.services.workers import (
     Ended,
     Finish,
@@ -47,10 +48,7 @@ from runs.services.workers import (
     step_hand_over,
     step_heartbeat,
     step_heartbeat_many,
-    step_reclaim_lost,
-    step_requeue_stalled,
     step_should_stop,
-    step_wake_due,
 )
 
 __all__ = [
