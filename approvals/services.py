@@ -179,9 +179,13 @@ def approval_expire(*, approval: Approval) -> bool:
     return True
 
 
-def approvals_cancel_for_run(*, run: Run) -> None:
-    """The run was cancelled or timed out: close its open approvals. Run must be locked."""
-    for approval in Approval.objects.filter(run=run).pending():
+def approvals_cancel_for_run(*, run: Run, steps: list[Step] | None = None) -> None:
+    """The run was cancelled or timed out (or, with `steps`, the group holding those steps
+    timed out): close its open approvals. Run must be locked."""
+    approvals = Approval.objects.filter(run=run)
+    if steps is not None:
+        approvals = approvals.filter(step__in=steps)
+    for approval in approvals.pending():
         _transition(approval, ApprovalStatus.CANCELLED)
         notifications.send_later(approval, "cancelled")
 

@@ -332,12 +332,15 @@ class HttpStep(BaseStep):
 
 
 class SleepStep(BaseStep):
-    """Waits; useful to let a restarted service settle."""
+    """Waits; useful to let a restarted service settle. A `timeout` shorter than the sleep
+    ends it `timed_out` (then `retries` apply, as for any step)."""
 
     kind: ClassVar[str] = "sleep"
     key: ClassVar[str] = "sleep"
 
     sleep: Duration
+    timeout: Duration | None = None
+    retries: RetriesField = None
 
 
 class Approvers(_Model):
@@ -374,13 +377,15 @@ class ApprovalStep(BaseStep):
 
 
 class GroupStep(BaseStep):
-    """Runs its children in order, or all at once with `parallel: true`."""
+    """Runs its children in order, or all at once with `parallel: true`. With `timeout`, the
+    whole group must end that long after it starts, or it ends `timed_out`."""
 
     kind: ClassVar[str] = "group"
     key: ClassVar[str] = "steps"
 
     steps: list[Step] = Field(min_length=1)
     parallel: bool = False
+    timeout: Duration | None = None
 
 
 _StepUnion = (
@@ -795,5 +800,6 @@ def _unknown_key_message(loc: tuple[str | int, ...]) -> str:
             if any(key in (name, field.alias) for name, field in model.model_fields.items())
         ]
         if kinds:
-            return f"unknown key ({key} is allowed only on {' and '.join(kinds)} steps)"
+            where = " and ".join(filter(None, [", ".join(kinds[:-1]), kinds[-1]]))
+            return f"unknown key ({key} is allowed only on {where} steps)"
     return "unknown key"

@@ -11,6 +11,8 @@ Rules (DESIGN.md section 3):
 - A child that ended failed or timed out, without `continue_on_error`, stops its group: no
   further children start, running ones finish, then the group fails and the children that
   never started are skipped.
+- A group past its own `timeout` is ended `timed_out` before planning
+  (`runs.services.advance`); here it is a failed child like any other.
 """
 
 from collections.abc import Callable
@@ -154,7 +156,8 @@ def plan(top_level: list[Node], condition_holds: ConditionFn) -> Outcome:
 def _first_blocking_leaf(group: Node) -> Node | None:
     for child in group.children:
         if child.blocks:
-            if child.is_group:
+            # A group that timed out is the cause itself, whatever that stopped inside it.
+            if child.is_group and child.status != StepStatus.TIMED_OUT:
                 return _first_blocking_leaf(child) or child
             return child
     return None

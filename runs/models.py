@@ -112,6 +112,9 @@ class Step(models.Model):
     continue_on_error = models.BooleanField(default=False)
     parallel = models.BooleanField(default=False)
     not_before = models.DateTimeField(null=True, blank=True, help_text="Retry delay ends.")
+    deadline = models.DateTimeField(
+        null=True, blank=True, help_text="A group's timeout (its own or a parent's) ends it then."
+    )
     enqueued_at = models.DateTimeField(null=True, blank=True)
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)

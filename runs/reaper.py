@@ -31,7 +31,8 @@ _tick = threading.Event()  # never set: a sleep that tools and readers see as a 
 
 
 def reap(broker: Broker | None = None) -> dict[str, int]:
-    """One pass: take back lost steps, time out overdue runs, re-send lost wake-ups."""
+    """One pass: take back lost steps, time out overdue runs and groups, re-send lost
+    wake-ups."""
     now = timezone.now()
     counts = {"lost": 0, "timed_out": 0, "requeued": 0, "cancelled": 0, "woken": 0, "expired": 0}
     for step in Step.objects.filter(
@@ -39,8 +40,14 @@ def reap(broker: Broker | None = None) -> dict[str, int]:
     ).select_related("run")[:200]:
         counts["lost"] += services.step_reclaim_lost(step=step)
     overdue = Run.objects.filter(status__in=RUN_ACTIVE, deadline__lte=now)
+    overdue_groups = Run.objects.filter(
+        status__in=RUN_ACTIVE,
+        steps__kind="group",
+        steps__status=StepStatus.RUNNING,
+        steps__deadline__lte=now,
+    ).distinct()
     stuck_cancels = Run.objects.filter(status=RunStatus.CANCELLING)
-    for run in [*overdue[:200], *stuck_cancels[:200]]:
+    for run in [*overdue[:200], *overdue_groups[:200], *stuck_cancels[:200]]:
         with transaction.atomic():
             services.run_advance(run=run)
         run.refresh_from_db(fields=["status"])

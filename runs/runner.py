@@ -168,7 +168,8 @@ class Supervisor:
 
 
 def _deadline(step: Step, spec: object) -> tuple[float | None, str]:
-    """The earliest of the step's timeout, the run's deadline and the longest step we allow."""
+    """The earliest of the step's timeout, its groups' and the run's deadlines and the longest
+    step we allow."""
     now = time.monotonic()
     candidates: list[tuple[float, str]] = [
         (now + settings.STEPWISE_MAX_STEP_SECONDS, "the longest a step may run")
@@ -179,6 +180,9 @@ def _deadline(step: Step, spec: object) -> tuple[float | None, str]:
     if step.run.deadline:
         left = (step.run.deadline - timezone.now()).total_seconds()
         candidates.append((now + max(0.0, left), "run timed out"))
+    if step.deadline:  # the timeout of a group the step is in
+        left = (step.deadline - timezone.now()).total_seconds()
+        candidates.append((now + max(0.0, left), "its group timed out"))
     when, reason = min(candidates)
     return when, reason
 

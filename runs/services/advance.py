@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -173,6 +174,7 @@ def run_advance(*, run: Run, hold_first: bool = False, locked: bool = False) -> 
     if run.deadline and timezone.now() >= run.deadline:
         _time_out(run, top, steps)
         return Advance(queued=[])
+    _time_out_groups(run, top, steps)
 
     context: dict[str, Any] | None = None
 
@@ -202,7 +204,7 @@ def run_advance(*, run: Run, hold_first: bool = False, locked: bool = False) -> 
             fields = {"enqueued_at": now}
             queued.append(step.pk)
         elif decision.status == StepStatus.RUNNING:
-            fields = {"started_at": now}
+            fields = {"started_at": now, **_group_deadline(run, step, steps, now)}
         else:
             fields = {"finished_at": now, "error": decision.reason}
             if decision.status == StepStatus.SKIPPED:
@@ -310,6 +312,76 @@ def _time_out(run: Run, top: list[engine.Node], steps: dict[int, Step]) -> None:
         RunEvent.objects.create(run=run, kind="timeout", message=reason)
         log_system(run_id=run.pk, message=reason, level=LogLevel.ERROR)
     _stop_if_idle(run, top, steps, RunStatus.TIMED_OUT, reason)
+
+
+def _group_deadline(run: Run, group: Step, steps: dict[int, Step], now: Any) -> dict[str, Any]:
+    """A group with a `timeout` starting now: its deadline, which every step inside it
+    inherits (a worker stops a step at the earliest deadline it has; see runs.runner)."""
+    timeout = getattr(version_steps(run.version)[group.key], "timeout", None)
+    if not timeout:
+        return {}
+    deadline = now + timedelta(seconds=timeout)
+    if group.deadline and group.deadline < deadline:
+        deadline = group.deadline  # an enclosing group's ends first
+    inside, parents = [], {group.pk}
+    for step in sorted(steps.values(), key=lambda step: step.position):
+        if step.parent_id in parents:  # outline order: a parent comes before its children
+            parents.add(step.pk)
+            if step.deadline is None or step.deadline > deadline:
+                step.deadline = deadline
+                inside.append(step.pk)
+    Step.objects.filter(pk__in=inside).update(deadline=deadline)
+    return {"deadline": deadline}
+
+
+def _time_out_groups(run: Run, top: list[engine.Node], steps: dict[int, Step]) -> None:
+    """Stops the running groups whose `timeout` has passed: what has not started inside is
+    cancelled, open approvals are closed and, once no step inside runs any more (workers
+    stop those at the deadline), the group ends `timed_out`."""
+    now = timezone.now()
+    nodes: list[engine.Node] = list(top)  # outermost first
+    for node in nodes:
+        nodes.extend(node.children)
+        group = steps[node.pk]
+        if not (node.is_group and node.status == StepStatus.RUNNING):
+            continue
+        if group.deadline is None or group.deadline > now:
+            continue
+        timeout = getattr(version_steps(run.version)[group.key], "timeout", None)
+        reason = f"group {group.key} timed out" + (f" after {timeout:g}s" if timeout else "")
+        cancelled = engine.cancel_plan(node.children)
+        gates = [steps[d.pk] for d in cancelled if steps[d.pk].kind == "approval"]
+        if gates:
+            from approvals.services import approvals_cancel_for_run  # approvals builds on runs
+
+            approvals_cancel_for_run(run=run, steps=gates)
+        for decision in cancelled:
+            step_transition(
+                step=steps[decision.pk],
+                to=StepStatus.CANCELLED,
+                reason=f"not run: {reason}",
+                error=f"not run: {reason}",
+                finished_at=now,
+            )
+        if _still_running(node, steps):
+            continue
+        for decision in engine.close_groups(node.children, StepStatus.CANCELLED, reason):
+            step_transition(
+                step=steps[decision.pk], to=decision.status, reason=reason, finished_at=now
+            )
+        step_transition(
+            step=group, to=StepStatus.TIMED_OUT, reason=reason, error=reason, finished_at=now
+        )
+        node.status = StepStatus.TIMED_OUT
+        log_system(run_id=run.pk, step=group, message=reason, level=LogLevel.ERROR)
+
+
+def _still_running(node: engine.Node, steps: dict[int, Step]) -> bool:
+    return any(
+        (not child.is_group and steps[child.pk].status in STEP_ACTIVE)
+        or _still_running(child, steps)
+        for child in node.children
+    )
 
 
 def _enqueue(run_pk: int, step_pks: list[int]) -> None:

@@ -254,6 +254,7 @@ def _will_retry(run: Run, step: Step, result: StepResult, now: Any) -> bool:
         and step.attempt < step.max_attempts
         and run.status in RUN_ACTIVE
         and not (run.deadline and now >= run.deadline)
+        and not (step.deadline and now >= step.deadline)
     )
 
 
@@ -455,16 +456,19 @@ def step_finish(
 # (the run is locked), and in a sequential group that can only start the next child. When
 # that child is a pending leaf without an `if`, starting it is all the plan would do.
 # Anything else (a failure, the end of a group, a condition, an approval, a parallel group,
-# a run that is not plainly running or is past its deadline) goes through the whole plan.
+# a run that is not plainly running, a run or group past its deadline) goes through the whole
+# plan.
 # The list may be carried from one step to the next: what it is trusted for (kind,
 # condition, parent) never changes, and the claim's compare-and-swap checks the status.
 
 
 def _plain_success(run: Run, step: Step) -> bool:
+    now = timezone.now()
     return (
         step.status == StepStatus.SUCCEEDED
         and run.status == RunStatus.RUNNING
-        and not (run.deadline and timezone.now() >= run.deadline)
+        and not (run.deadline and now >= run.deadline)
+        and not (step.deadline and now >= step.deadline)  # its group's time is up
     )
 
 

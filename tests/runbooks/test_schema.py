@@ -290,16 +290,24 @@ def test_env_on_an_http_step_is_an_unknown_key_that_says_where_it_belongs() -> N
     assert only_issue(data) == ("steps[0].env", "unknown key (env is allowed only on shell steps)")
 
 
-def test_timeout_on_a_group_is_an_unknown_key() -> None:
-    data = definition({"id": "g", "timeout": "5m", "steps": [shell_step()]})
-    path, message = only_issue(data)
-    assert path == "steps[0].timeout"
-    assert message == "unknown key (timeout is allowed only on shell and http steps)"
+def test_timeout_on_a_group_and_timeout_and_retries_on_a_sleep_are_accepted() -> None:
+    parsed = parse_definition(
+        definition(
+            {"id": "g", "timeout": "5m", "steps": [shell_step()]},
+            {"id": "s", "sleep": "10s", "timeout": "2s", "retries": {"max": 1, "delay": "1s"}},
+        )
+    )
+    group, nap = parsed.steps
+    assert group.timeout == 300
+    assert (nap.timeout, nap.max_attempts) == (2, 2)
 
 
-def test_retries_on_a_sleep_step_is_an_unknown_key() -> None:
-    path, message = only_issue(definition({"id": "s", "sleep": 1, "retries": 2}))
-    assert (path, message.split(" (")[0]) == ("steps[0].retries", "unknown key")
+def test_retries_on_a_group_is_an_unknown_key_that_says_where_it_belongs() -> None:
+    data = definition({"id": "g", "retries": 2, "steps": [shell_step()]})
+    assert only_issue(data) == (
+        "steps[0].retries",
+        "unknown key (retries is allowed only on shell, http and sleep steps)",
+    )
 
 
 def test_missing_step_id_is_required() -> None:
@@ -649,7 +657,7 @@ def test_many_problems_are_reported_together() -> None:
         "params": [{"name": "n", "type": "integer", "max": 5, "default": 9}, {"name": "n"}],
         "steps": [
             shell_step("a", timeout="soon"),
-            {"id": "g", "timeout": 5, "steps": [shell_step("a", shell="{{ x }")]},
+            {"id": "g", "retries": 5, "steps": [shell_step("a", shell="{{ x }")]},
             {"id": "h", "http": {"url": "u", "verb": "GET"}, "env": {}},
             {"id": "nothing"},
         ],
@@ -660,9 +668,9 @@ def test_many_problems_are_reported_together() -> None:
         "params[1].name",
         "slug",
         "steps[0].timeout",
+        "steps[1].retries",
         "steps[1].steps[0].id",
         "steps[1].steps[0].shell",
-        "steps[1].timeout",
         "steps[2].env",
         "steps[2].http.verb",
         "steps[3]",
