@@ -129,6 +129,9 @@ class _LogHub:
                     return
         finally:
             self.task = None  # a done task would keep its loop, and so this hub, alive
+            # Also when the loop stops under it (a server shutting down): not awaited, so it
+            # runs on the hub's thread even once the loop is gone.
+            self.executor.submit(connections.close_all)
 
     async def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         watched = list(self.feeds)

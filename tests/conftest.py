@@ -38,6 +38,33 @@ def wait_for(
         time.sleep(interval)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _end_this_process_sessions(django_db_setup, django_db_blocker):
+    """Before the test database is dropped, ends the PostgreSQL sessions this process still
+    holds on other threads (asgiref's executor and the log hub keep theirs, CONN_MAX_AGE,
+    and Django can close a connection only from its own thread). Sessions of qclusters or
+    servers a test left running are not touched: dropping the database then fails, saying
+    how many, which is how such a leak shows."""
+    yield
+    if connection.vendor != "postgresql":
+        return
+    import psutil
+
+    server_port = int(connection.settings_dict["PORT"] or 5432)
+    ports = [
+        socket.laddr.port
+        for socket in psutil.Process().net_connections(kind="tcp")
+        if socket.raddr and socket.raddr.port == server_port
+    ]
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND client_port = ANY(%s)",
+            [ports],
+        )
+
+
 @pytest.fixture(autouse=True)
 def _work_dirs(settings, tmp_path):
     settings.STEPWISE_WORK_DIR = tmp_path / "work"

@@ -1,15 +1,25 @@
-"""Browser tests: Playwright driving the system Chromium against pytest-django's live server.
+"""Browser tests: Playwright driving the system Chromium against the server `make run` starts.
 
 Chromium is never downloaded by Playwright: CI installs Debian's package (`.ci/run`). When it is
 missing these tests fail, saying so, rather than skip.
 """
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.conftest import ROOT, _database_url
 
 CHROMIUM = os.environ.get("STEPWISE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -26,6 +36,62 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).parent == Path(__file__).parent:
             item.add_marker(pytest.mark.e2e)
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+
+
+@pytest.fixture
+def server(transactional_db, tmp_path) -> Iterator[Server]:
+    """The ASGI app under uvicorn, as `make run` serves it, on the test database.
+
+    Replaces pytest-django's live server, a WSGI server in a thread, which serves the live
+    log streams (async views) only by converting them to sync, and not the way production
+    does (config/asgi.py). Work and media directories are the ones the `cluster` fixture
+    gives its workers, so artifacts a step stores can be downloaded here."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.e2e.server_settings",
+        "DATABASE_URL": _database_url(),
+        "STEPWISE_WORK_DIR": str(tmp_path / "work"),
+        "STEPWISE_MEDIA_DIR": str(tmp_path / "media"),
+    }
+    environment.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(port)],
+            cwd=ROOT,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(f"{url}/healthz"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the server did not start:\n{log.read_text()}", pytrace=False)
+            time.sleep(0.1)  # uvicorn is still importing Django: nothing to wait on but a port
+        yield Server(url)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _answers(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(url, timeout=1).status_code == 200
+    return False
 
 
 @pytest.fixture
@@ -56,7 +122,7 @@ def browser(_orm_beside_playwright) -> Iterator[object]:
 
 
 @pytest.fixture
-def page_for(live_server, transactional_db, browser) -> Iterator[Callable[..., object]]:
+def page_for(server, transactional_db, browser) -> Iterator[Callable[..., object]]:
     """Opens a browser page logged in as `user` (through the login form).
 
     The database fixtures come before `browser` so that they are set up before, and torn
@@ -68,11 +134,11 @@ def page_for(live_server, transactional_db, browser) -> Iterator[Callable[..., o
         context.set_default_timeout(20_000)
         contexts.append(context)
         page = context.new_page()
-        page.goto(f"{live_server.url}/accounts/login/")
+        page.goto(f"{server.url}/accounts/login/")
         page.fill("#id_username", user.username)
         page.fill("#id_password", password or f"pw-{user.username}-123")
         page.click("button[type=submit]")
-        page.wait_for_url(f"{live_server.url}/")
+        page.wait_for_url(f"{server.url}/")
         return page
 
     yield open_page

@@ -33,13 +33,13 @@ def people(transactional_db):
     return make_user("otto", "operator"), make_user("alice")
 
 
-def start_and_open(page_for, live_server, make_runbook, cluster, people):
+def start_and_open(page_for, server, make_runbook, cluster, people):
     operator, approver = people
     runbook = make_runbook(GATED)
     cluster()
     run = services.run_create(runbook=runbook, params={}, user=operator, origin="ui")
     operator_page = page_for(operator)
-    operator_page.goto(f"{live_server.url}/runs/{run.number}/")
+    operator_page.goto(f"{server.url}/runs/{run.number}/")
     expect(operator_page.locator("#run-status")).to_have_text("waiting", timeout=30_000)
     operator_page.evaluate("window.__notReloaded = true")
     approver_page = page_for(approver)
@@ -51,10 +51,10 @@ def start_and_open(page_for, live_server, make_runbook, cluster, people):
 
 
 def test_approver_approves_and_the_operator_sees_the_run_continue(
-    page_for, live_server, make_runbook, cluster, people
+    page_for, server, make_runbook, cluster, people
 ):
     run, operator_page, approver_page = start_and_open(
-        page_for, live_server, make_runbook, cluster, people
+        page_for, server, make_runbook, cluster, people
     )
     approver_page.fill("#approve-comment", "looks good")
     approver_page.click("button:has-text('Approve')")
@@ -69,10 +69,10 @@ def test_approver_approves_and_the_operator_sees_the_run_continue(
 
 
 def test_approver_denies_and_the_run_fails_with_the_reason(
-    page_for, live_server, make_runbook, cluster, people
+    page_for, server, make_runbook, cluster, people
 ):
     run, operator_page, approver_page = start_and_open(
-        page_for, live_server, make_runbook, cluster, people
+        page_for, server, make_runbook, cluster, people
     )
     approver_page.fill("#deny-reason", "change freeze")
     approver_page.click("button:has-text('Deny')")

@@ -72,7 +72,7 @@ def viewer(transactional_db):
 
 
 def test_operator_starts_a_run_and_watches_it_live_to_success(
-    page_for, live_server, operator, make_runbook, cluster
+    page_for, server, operator, make_runbook, cluster
 ):
     make_runbook(STEADY)
     cluster()
@@ -106,13 +106,13 @@ def test_operator_starts_a_run_and_watches_it_live_to_success(
 
 
 def test_operator_cancels_a_long_run_with_a_reason(
-    page_for, live_server, operator, make_runbook, cluster
+    page_for, server, operator, make_runbook, cluster
 ):
     runbook = make_runbook(LONG)
     cluster()
     run = services.run_create(runbook=runbook, params={}, user=operator, origin="api")
     page = page_for(operator)
-    page.goto(f"{live_server.url}/runs/{run.number}/")
+    page.goto(f"{server.url}/runs/{run.number}/")
     expect(page.locator("#run-status")).to_have_text("running", timeout=30_000)
     expect(page.locator("[data-log]")).to_contain_text("waiting a long time", timeout=30_000)
     page.click("summary:has-text('Cancel run')")
@@ -126,14 +126,14 @@ def test_operator_cancels_a_long_run_with_a_reason(
 
 
 def test_operator_retries_a_failed_run_from_the_failed_step(
-    page_for, live_server, operator, make_runbook, cluster
+    page_for, server, operator, make_runbook, cluster
 ):
     runbook = make_runbook(FLAKY)
     failed = drain(services.run_create(runbook=runbook, params={}, user=operator, origin="api"))
     assert failed.status == "failed"
     cluster()
     page = page_for(operator)
-    page.goto(f"{live_server.url}/runs/{failed.number}/")
+    page.goto(f"{server.url}/runs/{failed.number}/")
     expect(page.locator(".callout-error")).to_contain_text("Step 2 (second) failed")
     page.click("button:has-text('Retry from failed step')")
     page.wait_for_url(re.compile(rf"/runs/(?!{failed.number}/)\d+/$"))
@@ -145,7 +145,7 @@ def test_operator_retries_a_failed_run_from_the_failed_step(
     assert retry.steps.get(key="first").attempt == 0  # reused, not run again
 
 
-def test_user_creates_and_revokes_a_token(page_for, live_server, operator):
+def test_user_creates_and_revokes_a_token(page_for, server, operator):
     page = page_for(operator)
     page.click("nav >> text=Tokens")
     page.fill("#id_name", "ci deploy")
@@ -155,7 +155,7 @@ def test_user_creates_and_revokes_a_token(page_for, live_server, operator):
     token = ApiToken.objects.get(user=operator)
     assert secret.startswith(token.token_key)
     page.click("button:has-text('Copy')")
-    page.goto(f"{live_server.url}/settings/tokens/")
+    page.goto(f"{server.url}/settings/tokens/")
     expect(page.locator("[data-secret]")).to_have_count(0)
     expect(page.locator("table")).to_contain_text("ci deploy")
     page.once("dialog", lambda dialog: dialog.accept())
@@ -165,30 +165,30 @@ def test_user_creates_and_revokes_a_token(page_for, live_server, operator):
 
 
 def test_viewer_sees_no_action_buttons_and_is_refused_when_posting(
-    page_for, live_server, viewer, operator, make_runbook
+    page_for, server, viewer, operator, make_runbook
 ):
     steady = make_runbook(STEADY)
     flaky = make_runbook(FLAKY)
     active = services.run_create(runbook=steady, params={}, user=operator, origin="api")
     failed = drain(services.run_create(runbook=flaky, params={}, user=operator, origin="api"))
     page = page_for(viewer)
-    page.goto(f"{live_server.url}/runbooks/steady/")
+    page.goto(f"{server.url}/runbooks/steady/")
     expect(page.locator("#run-form")).to_contain_text("needs the operator role")
     expect(page.locator("button:has-text('Run ')")).to_have_count(0)
-    page.goto(f"{live_server.url}/runs/{active.number}/")
+    page.goto(f"{server.url}/runs/{active.number}/")
     expect(page.locator("#run-header")).to_be_visible()
     expect(page.locator("text=Cancel run")).to_have_count(0)
-    page.goto(f"{live_server.url}/runs/{failed.number}/")
+    page.goto(f"{server.url}/runs/{failed.number}/")
     expect(page.locator("text=Retry from")).to_have_count(0)
 
     csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
-    headers = {"X-CSRFToken": csrf, "Referer": live_server.url}
+    headers = {"X-CSRFToken": csrf, "Referer": server.url}
     for url, form in [
         ("/runbooks/steady/run", {"batches": "2"}),
         (f"/runs/{active.number}/cancel", {"reason": "no"}),
         (f"/runs/{failed.number}/retry", {"from": "failed"}),
     ]:
-        response = page.request.post(f"{live_server.url}{url}", form=form, headers=headers)
+        response = page.request.post(f"{server.url}{url}", form=form, headers=headers)
         assert response.status == 403, url
         assert "operator role" in response.text()
     assert Run.objects.count() == 2

@@ -159,3 +159,30 @@ def test_a_sleep_longer_than_its_timeout_times_out_and_retries(make_runbook):
     nap = steps(run)["nap"]
     assert run.status == "failed"
     assert (nap.status, nap.attempt, nap.error) == ("timed_out", 2, "timed out after 0.2s")
+
+
+def test_retry_from_the_failed_step_gives_the_group_a_fresh_deadline(
+    make_runbook, operator, tmp_path
+):
+    from runs.services import run_retry
+
+    marker = tmp_path / "slow-once"
+    runbook = make_runbook(
+        f"""
+        slug: slow-then-fast
+        name: Slow then fast
+        steps:
+          - {{id: first, shell: 'echo once'}}
+          - id: box
+            timeout: 1s
+            steps:
+              - {{id: work, shell: '[ -e {marker} ] || {{ touch {marker}; sleep 300; }}'}}
+        """
+    )
+    failed = drain(start(runbook, user=operator))
+    assert steps(failed)["box"].status == "timed_out"
+    again = drain(run_retry(run=failed, user=operator, origin="api", mode="failed"))
+    by_key = steps(again)
+    assert again.status == "succeeded", again.error
+    assert by_key["box"].deadline > steps(failed)["box"].deadline
+    assert logs(again, "first") == []  # reused, not run again
