@@ -39,6 +39,12 @@ def duration(ms: int | float | None) -> str:
 
 
 @register.filter
+def seconds(value: float | None) -> str:
+    """A duration given in seconds, shown as `duration` shows milliseconds: 90 → "1m 30s"."""
+    return duration(None if value is None else value * 1000)
+
+
+@register.filter
 def since(start: datetime | None) -> str:
     """How long ago `start` was, as a duration (for things still running)."""
     if start is None:

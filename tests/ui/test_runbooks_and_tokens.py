@@ -58,6 +58,23 @@ def test_runbook_page_renders_description_safely_and_steps(login, viewer, every_
         assert text in page
 
 
+def test_runbook_page_shows_the_time_limits_of_steps_and_groups(login, viewer, make_runbook):
+    make_runbook(
+        """
+        slug: limits
+        name: Limits
+        steps:
+          - id: box
+            timeout: 2m
+            steps: [{id: inner, shell: 'true', timeout: 1.5s, retries: 2}]
+        """
+    )
+    page = login(viewer).get("/runbooks/limits/").content.decode()
+    assert 'title="The whole group, from its start">2m 00s limit' in page
+    assert 'title="Each attempt">1.5s limit' in page
+    assert "3 attempts" in page
+
+
 def test_run_form_has_a_widget_per_type_with_defaults(login, operator, every_type):
     page = login(operator).get("/runbooks/every-type/").content.decode()
     assert 'name="service"' in page and 'value="api"' in page
