@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the REST API against its own OpenAPI schema (issue: REST API): a fresh database, the
-# examples loaded, an authenticated superuser token, the ASGI server, then schemathesis.
+# examples loaded, an authenticated superuser token, runs and an approval to work on
+# (.ci/fuzz_seed.py, .ci/schemathesis.toml), the ASGI server, then schemathesis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -12,12 +13,13 @@ $py manage.py migrate -v0
 $py manage.py runbooks sync examples >/dev/null
 $py manage.py shell -c "from django.contrib.auth.models import User; User.objects.create_superuser('fuzz', 'fuzz@example.com', 'fuzz-password-123')"
 token=$($py manage.py create_token fuzz --name schemathesis 2>/dev/null)
+$py manage.py shell <.ci/fuzz_seed.py
 # The server's own log (a 404 line per fuzzed URL) goes to a file; schemathesis reports failures.
 $py -m uvicorn config.asgi:application --port "$port" --log-level warning \
   >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
-.venv/bin/schemathesis run "http://127.0.0.1:$port/api/schema/" \
+.venv/bin/schemathesis --config-file .ci/schemathesis.toml run "http://127.0.0.1:$port/api/schema/" \
   --wait-for-schema 30 \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance \

@@ -270,6 +270,14 @@ class ArtifactOutput(serializers.ModelSerializer):
         return request.build_absolute_uri(path) if request else path
 
 
+class LogPageOutput(serializers.Serializer):
+    """A page of log lines: `next` asks for the lines after the last one here, when there
+    are more (`after` is the cursor; new lines never get a seq below one already seen)."""
+
+    next = serializers.URLField(allow_null=True)
+    results = LogOutput(many=True)
+
+
 class OutputsOutput(serializers.Serializer):
     outputs = serializers.DictField()
     steps = serializers.DictField(child=serializers.DictField())

@@ -23,6 +23,7 @@ from runs import selectors, services
 from runs.api.serializers import (
     ArtifactOutput,
     LogOutput,
+    LogPageOutput,
     OutputsOutput,
     RunCancelInput,
     RunCreateInput,
@@ -159,7 +160,7 @@ class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
             OpenApiParameter("step", str, description="A step's id or number."),
             OpenApiParameter("limit", int, description="At most this many lines (max 5000)."),
         ],
-        responses={200: LogOutput(many=True), **ERRORS},
+        responses={200: LogPageOutput, **ERRORS},
     )
     @action(detail=True, methods=["get"], pagination_class=None)
     def logs(self, request: Request, number: str) -> Response:
@@ -238,7 +239,8 @@ class ArtifactDownloadView(GenericAPIView):
 
     @extend_schema(
         summary="Download an artifact",
-        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, **ERRORS},
+        # The file's own type, guessed from its name (text/plain, application/json, ...).
+        responses={(200, "*/*"): OpenApiTypes.BINARY, **ERRORS},
     )
     def get(self, request: Request, pk: int) -> FileResponse:
         artifact = get_object_or_404(Artifact, pk=pk)
