@@ -63,6 +63,7 @@ def test_runbook_page_shows_the_time_limits_of_steps_and_groups(login, viewer, m
         """
         slug: limits
         name: Limits
+        timeout: 1h
         steps:
           - id: box
             timeout: 2m
@@ -73,6 +74,7 @@ def test_runbook_page_shows_the_time_limits_of_steps_and_groups(login, viewer, m
     assert 'title="The whole group, from its start">2m 00s limit' in page
     assert 'title="Each attempt">1.5s limit' in page
     assert "3 attempts" in page
+    assert "times out after 1h 00m" in page
 
 
 def test_run_form_has_a_widget_per_type_with_defaults(login, operator, every_type):
