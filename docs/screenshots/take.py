@@ -78,9 +78,11 @@ steps:
   - id: drain
     name: Drain writers
     parallel: true
+    timeout: 5m
     steps:
       - id: drain_api
         name: Drain API writers
+        retries: 2
         shell: |
           for i in 1 2 3; do echo "api: $i connections left"; sleep 1; done
       - id: drain_jobs
