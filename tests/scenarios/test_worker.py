@@ -218,3 +218,27 @@ def test_runs_still_start_after_the_worker_next_in_line_is_killed(cluster, make_
     for _ in range(3):
         run = wait_for_run(start(runbook), timeout=30)
         assert run.status == "succeeded", qcluster.output()
+
+
+def test_results_are_still_collected_after_the_monitor_is_killed(cluster, make_runbook):
+    from django_q.brokers import get_broker
+    from django_q.models import OrmQ
+
+    qcluster = cluster()
+    runbook = make_runbook(
+        "slug: after-monitor\nname: After monitor\nsteps: [{id: a, shell: 'echo pid=$$; sleep 1'}]"
+    )
+    run = start(runbook)
+    sentinel = psutil.Process(worker_running(step_pid(run, "a"))).parent()
+    assert wait_for_run(run, timeout=30).status == "succeeded"
+    # The sentinel's children in order: the workers, the monitor, the pusher. The idle
+    # monitor waits for results holding the result queue's read lock.
+    monitor = sorted(sentinel.children(), key=lambda p: p.create_time())[2].pid
+    os.kill(monitor, signal.SIGKILL)
+    wait_for(lambda: gone(monitor))
+    runs = [start(runbook) for _ in range(3)]
+    for run in runs:
+        assert wait_for_run(run, timeout=30).status == "succeeded", qcluster.output()
+    if get_broker().__class__.__name__ == "WakeableORM":
+        # The replacement monitor acknowledges the tasks: the ORM broker's table empties.
+        wait_for(lambda: not OrmQ.objects.exists(), timeout=30)
