@@ -368,12 +368,26 @@ class ApprovalSpec(_Model):
 
 
 class ApprovalStep(BaseStep):
-    """Waits for people; its outputs are `approved_by` and the form's values."""
+    """Waits for people; its outputs are `approved_by` and the form's values. A step-level
+    `timeout`, as on every kind, is the approval's (`approval.timeout`)."""
 
     kind: ClassVar[str] = "approval"
     key: ClassVar[str] = "approval"
 
     approval: ApprovalSpec
+    timeout: Duration | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _one_timeout(self) -> ApprovalStep:
+        if self.timeout is None:
+            return self
+        if self.approval.timeout is not None:
+            raise located_error(
+                "ApprovalStep",
+                [(("timeout",), "give the timeout here or in approval, not both", None)],
+            )
+        self.approval = self.approval.model_copy(update={"timeout": self.timeout})
+        return self
 
 
 class GroupStep(BaseStep):

@@ -302,6 +302,17 @@ def test_timeout_on_a_group_and_timeout_and_retries_on_a_sleep_are_accepted() ->
     assert (nap.timeout, nap.max_attempts) == (2, 2)
 
 
+def test_timeout_on_an_approval_step_is_its_approval_timeout() -> None:
+    gate = {"id": "gate", "approval": {"message": "Go?", "approvers": {"users": ["ann"]}}}
+    parsed = parse_definition(definition({**gate, "timeout": "30m"}))
+    assert parsed.steps[0].approval.timeout == 1800
+    both = {**gate, "timeout": "30m", "approval": {**gate["approval"], "timeout": "1h"}}
+    assert only_issue(definition(both)) == (
+        "steps[0].timeout",
+        "give the timeout here or in approval, not both",
+    )
+
+
 def test_retries_on_a_group_is_an_unknown_key_that_says_where_it_belongs() -> None:
     data = definition({"id": "g", "retries": 2, "steps": [shell_step()]})
     assert only_issue(data) == (
