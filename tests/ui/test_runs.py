@@ -245,3 +245,25 @@ def test_operator_retries_from_start(login, operator, flaky, start_run):
     login(operator).post(f"/runs/{run.number}/retry", {"from": "start"})
     new = Run.objects.get(retried_from=run)
     assert new.steps.get(key="first").status != "succeeded"
+
+
+def test_a_running_group_shows_when_its_timeout_ends_it(login, viewer, make_runbook, start_run):
+    runbook = make_runbook(
+        """
+        slug: boxed
+        name: Boxed
+        steps:
+          - id: box
+            timeout: 10m
+            steps: [{id: inner, shell: 'true'}]
+        """
+    )
+    run = start_run(runbook)
+    box = run.steps.get(key="box")
+    assert box.status == "running" and box.deadline is not None
+    page = login(viewer).get(f"/runs/{run.number}/").content.decode()
+    ends = timezone.localtime(box.deadline).strftime("%H:%M:%S")
+    assert f'title="The group\'s timeout">ends by {ends}</span>' in page
+    drain(run)
+    page = login(viewer).get(f"/runs/{run.number}/").content.decode()
+    assert "ends by" not in page
