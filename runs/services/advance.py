@@ -339,14 +339,20 @@ def _time_out_groups(run: Run, top: list[engine.Node], steps: dict[int, Step]) -
     cancelled, open approvals are closed and, once no step inside runs any more (workers
     stop those at the deadline), the group ends `timed_out`."""
     now = timezone.now()
-    nodes: list[engine.Node] = list(top)  # outermost first
+    overdue = {
+        pk
+        for pk, step in steps.items()
+        if step.is_group and step.status == StepStatus.RUNNING and step.deadline
+        if step.deadline <= now
+    }
+    if not overdue:
+        return
+    nodes: list[engine.Node] = list(top)  # outermost first: it ends what is inside too
     for node in nodes:
         nodes.extend(node.children)
+        if node.pk not in overdue or node.status != StepStatus.RUNNING:
+            continue
         group = steps[node.pk]
-        if not (node.is_group and node.status == StepStatus.RUNNING):
-            continue
-        if group.deadline is None or group.deadline > now:
-            continue
         timeout = getattr(version_steps(run.version)[group.key], "timeout", None)
         reason = f"group {group.key} timed out" + (f" after {timeout:g}s" if timeout else "")
         cancelled = engine.cancel_plan(node.children)
@@ -363,7 +369,7 @@ def _time_out_groups(run: Run, top: list[engine.Node], steps: dict[int, Step]) -
                 error=f"not run: {reason}",
                 finished_at=now,
             )
-        if _still_running(node, steps):
+        if _still_running(node):
             continue
         for decision in engine.close_groups(node.children, StepStatus.CANCELLED, reason):
             step_transition(
@@ -376,10 +382,9 @@ def _time_out_groups(run: Run, top: list[engine.Node], steps: dict[int, Step]) -
         log_system(run_id=run.pk, step=group, message=reason, level=LogLevel.ERROR)
 
 
-def _still_running(node: engine.Node, steps: dict[int, Step]) -> bool:
+def _still_running(node: engine.Node) -> bool:
     return any(
-        (not child.is_group and steps[child.pk].status in STEP_ACTIVE)
-        or _still_running(child, steps)
+        (not child.is_group and child.status in STEP_ACTIVE) or _still_running(child)
         for child in node.children
     )
 

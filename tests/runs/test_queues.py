@@ -3,8 +3,10 @@
 import os
 import signal
 import time
+from pathlib import Path
 
 from runs.queues import DeathSafeLock, DeathSafeQueue
+from tests.conftest import wait_for
 
 
 def hold_in_child(lock: DeathSafeLock) -> int:
@@ -47,7 +49,8 @@ def test_a_reader_killed_waiting_for_a_task_does_not_block_the_next_reader():
     if reader == 0:
         queue.get()  # takes the read lock and waits for a task that never comes
         os._exit(0)
-    time.sleep(0.3)
+    # Blocked reading the pipe, which `get` does holding the read lock.
+    wait_for(lambda: "pipe_read" in Path(f"/proc/{reader}/wchan").read_text())
     os.kill(reader, signal.SIGKILL)
     os.waitpid(reader, 0)
     queue.put("task")
