@@ -8,6 +8,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from approvals.models import Approval
+from config.prepared import PreparedQuery
 from runs.models import Run, Step
 from runs.state import RUN_TERMINAL, RunStatus, StepStatus
 
@@ -20,22 +21,34 @@ def run_list() -> QuerySet[Run]:
     )
 
 
+STEP_STATUSES = tuple(StepStatus.values)  # a property that rebuilds its list on every read
+
+
+def _leaf_counts(steps: QuerySet[Step]) -> QuerySet:
+    """(run id, status, how many) of the leaf steps among `steps`."""
+    return steps.leaves().values_list("run_id", "status").annotate(n=Count("id")).order_by()
+
+
+# A run's page and `GET /runs/{n}` count one run's steps on every poll: prepared.
+LEAF_COUNTS_OF_RUN = PreparedQuery(
+    lambda run_id: _leaf_counts(Step.objects.filter(run_id=run_id)), probe=-918_273_645
+)
+
+
 def run_summaries(runs: Iterable[Run]) -> list[Run]:
     """Attaches `step_counts`, `current_steps` and `open_approval` to each run, in at most
     three queries for any page: one when every run on it has ended, since an ended run has
     no running or waiting step and no open approval (`_stop_if_idle` cancels them)."""
     runs = list(runs)
-    counts: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(StepStatus.values, 0))
+    counts: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STEP_STATUSES, 0))
     current: dict[int, list[str]] = defaultdict(list)
     pks = [run.pk for run in runs]
     active_pks = [run.pk for run in runs if run.status not in RUN_TERMINAL]
     if pks:
         rows = (
-            Step.objects.leaves()
-            .filter(run_id__in=pks)
-            .values_list("run_id", "status")
-            .annotate(n=Count("id"))
-            .order_by()
+            LEAF_COUNTS_OF_RUN(pks[0])
+            if len(pks) == 1
+            else _leaf_counts(Step.objects.filter(run_id__in=pks))
         )
         for run_id, status, n in rows:
             counts[run_id][status] = n

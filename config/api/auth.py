@@ -9,8 +9,13 @@ from knox.crypto import hash_token
 from rest_framework import exceptions
 
 from config.models import ApiToken
+from config.prepared import PreparedQuery
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # at most one write a minute per token
+TOKEN_BY_DIGEST = PreparedQuery(
+    lambda digest: ApiToken.objects.select_related("user").filter(digest=digest),
+    probe="prepared-query-probe",
+)
 
 
 class BearerTokenAuthentication(TokenAuthentication):
@@ -26,7 +31,7 @@ class BearerTokenAuthentication(TokenAuthentication):
             digest = hash_token(token.decode("utf-8"))
         except (UnicodeDecodeError, TypeError, ValueError):
             raise exceptions.AuthenticationFailed(_("Invalid token.")) from None
-        auth_token = ApiToken.objects.select_related("user").filter(digest=digest).first()
+        auth_token = next(iter(TOKEN_BY_DIGEST(digest)), None)
         now = timezone.now()
         if auth_token is None or (auth_token.expiry is not None and auth_token.expiry < now):
             raise exceptions.AuthenticationFailed(_("Invalid token."))

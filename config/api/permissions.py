@@ -1,9 +1,15 @@
 """Roles are Django groups: viewer < operator < author; superusers can do everything."""
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
+from config.prepared import PreparedQuery
+
 ROLES = ("viewer", "operator", "author")
+GROUP_NAMES = PreparedQuery(
+    lambda user_id: Group.objects.filter(user=user_id).values_list("name", flat=True),
+    probe=-918_273_645,
+)
 
 
 def role_of(user: AbstractBaseUser | AnonymousUser) -> str | None:
@@ -14,7 +20,7 @@ def role_of(user: AbstractBaseUser | AnonymousUser) -> str | None:
         return "superuser"
     cached = getattr(user, "_stepwise_groups", None)
     if cached is None:
-        cached = user._stepwise_groups = set(user.groups.values_list("name", flat=True))
+        cached = user._stepwise_groups = set(GROUP_NAMES(user.pk))
     names = cached
     for role in reversed(ROLES):
         if role in names:

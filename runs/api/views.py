@@ -18,6 +18,7 @@ from config.api.pagination import NewestFirstCursorPagination, PagePagination
 from config.api.permissions import RolePermission
 from config.api.schema import ERRORS
 from config.errors import NotFound, ValidationFailed
+from config.prepared import PreparedQuery
 from runbooks.models import Runbook
 from runs import selectors, services
 from runs.api.serializers import (
@@ -57,6 +58,19 @@ def _shown() -> QuerySet[Run]:
     return selectors.run_list().only(*RunOutput.COLUMNS)
 
 
+# `GET /runs/{n}` is the API's busiest call (scripts poll it), so its query is prepared.
+SHOWN_RUN = PreparedQuery(lambda number: _shown().filter(pk=number), probe=-918_273_645)
+LARGEST_NUMBER = 2**63 - 1  # a run number is a 64-bit key; a larger one names no run
+
+
+def _shown_run_or_404(number: int | str) -> Run:
+    number = int(number)  # the URL pattern lets only digits through
+    runs = SHOWN_RUN(number) if 0 < number <= LARGEST_NUMBER else []
+    if not runs:
+        raise NotFound(f"There is no run #{number}.")
+    return runs[0]
+
+
 def _run_or_404(number: Any, runs: QuerySet[Run] | None = None) -> Run:
     try:
         return (selectors.run_list() if runs is None else runs).get(pk=int(number))
@@ -78,7 +92,7 @@ class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
     def _out(self, run: Run, status_code: int = 200, *, fresh: bool = False) -> Response:
         """The run as the API shows it; re-read unless `fresh` (a service may have moved it)."""
         if not fresh:
-            run = _shown().get(pk=run.pk)
+            run = _shown_run_or_404(run.pk)
         run = selectors.run_summaries([run])[0]
         return Response(RunOutput(run, context={"request": self.request}).data, status=status_code)
 
@@ -92,7 +106,7 @@ class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
 
     @extend_schema(summary="Get a run", responses={200: RunOutput, **ERRORS})
     def retrieve(self, request: Request, number: str) -> Response:
-        return self._out(_run_or_404(number, _shown()), fresh=True)
+        return self._out(_shown_run_or_404(number), fresh=True)
 
     @extend_schema(
         summary="Start a run", request=RunCreateInput, responses={202: RunOutput, **ERRORS}

@@ -6,6 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from runbooks.services import runbook_archive
 from runs import services
@@ -189,8 +190,9 @@ def test_step_tree_nests_the_parallel_group_children(api, finished):
     assert all(set(child) == STEP_KEYS for child in group["children"])
 
 
-def test_unknown_run_is_404_with_the_error_body(api, db):
-    response = api.get("/api/v1/runs/999")
+@pytest.mark.parametrize("number", ["999", "0", "9223372036854775808", "1" * 40])
+def test_unknown_run_is_404_with_the_error_body(api, db, number):
+    response = api.get(f"/api/v1/runs/{number}")
     assert response.status_code == 404
     body = response.json()
     assert set(body) == ERROR_KEYS
@@ -686,9 +688,12 @@ def test_run_output_matches_drfs_own_serialization_in_every_state(
     runs = selectors.run_summaries(selectors.run_list().filter(pk__in=numbers))
     assert {run.status for run in runs} >= {"succeeded", "failed", "cancelled", "waiting"}
     assert any(run.open_approval for run in runs) and any(run.retried_from_id for run in runs)
-    for run in runs:
-        serializer = RunOutput(run, context={"request": request})
-        assert serializer.data == ModelSerializer.to_representation(serializer, run), run.status
+    for zone in ("UTC", "Asia/Kolkata"):  # timestamps are shown in the current time zone
+        with timezone.override(zone):
+            for run in runs:
+                serializer = RunOutput(run, context={"request": request})
+                want = ModelSerializer.to_representation(serializer, run)
+                assert serializer.data == want, (zone, run.status)
 
 
 def test_finished_run_detail_takes_four_queries(api, finished):

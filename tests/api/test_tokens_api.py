@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Group
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from knox.crypto import hash_token
@@ -181,6 +182,17 @@ def test_me_reports_the_highest_role(request, fixture, role):
     body = api_client(bearer(user)[1]).get("/api/v1/me").json()
     assert body["role"] == role
     assert body["is_superuser"] is (fixture == "superuser")
+
+
+def test_a_token_carries_the_highest_of_several_roles_and_sees_changes_at_once(viewer):
+    client = api_client(bearer(viewer)[1])
+    viewer.groups.add(Group.objects.get(name="author"), Group.objects.create(name="approvers"))
+    assert client.get("/api/v1/me").json()["role"] == "author"
+    viewer.groups.remove(Group.objects.get(name="author"))
+    assert client.get("/api/v1/me").json()["role"] == "viewer"
+    viewer.groups.clear()
+    assert client.get("/api/v1/me").json()["role"] is None
+    assert client.get("/api/v1/runs").status_code == 403
 
 
 def test_tokens_of_an_inactive_user_are_refused(viewer):
