@@ -1,18 +1,20 @@
 """The ASGI application `make run` serves: async views on Django's ASGI handler, the rest on
-its WSGI handler in a fixed pool of threads.
+its WSGI handler in a fixed pool of threads (`SyncViews`).
 
 Why not Django's ASGI handler for everything: it runs each request's sync code on a thread
 of its own, so a persistent database connection never serves a second request (Django
 ticket #33497). Every API call and page then opened a new connection, which on SQLite also
-means a cold page cache, and on PostgreSQL a new login. Sync views here run on a2wsgi's
-fixed pool instead, where each thread keeps its connection (CONN_MAX_AGE). Only views
-written as coroutines (the live log streams) need the event loop, and they get it.
+means a cold page cache, and on PostgreSQL a new login. Sync views here run on a fixed pool,
+where each thread keeps its connection (CONN_MAX_AGE). Only views written as coroutines (the
+live log streams) need the event loop, and they get it.
 
 On shutdown (the ASGI lifespan event uvicorn sends) each pool thread closes its database
 connections, so PostgreSQL sees clean logouts rather than dropped sockets.
 """
 
 import asyncio
+import io
+import json
 import os
 import threading
 from collections.abc import Awaitable, Callable
@@ -20,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from inspect import iscoroutinefunction
 
-from a2wsgi import WSGIMiddleware
+from a2wsgi.wsgi import build_environ
 from django.core.asgi import get_asgi_application
 from django.core.wsgi import get_wsgi_application
 from django.db import connections
@@ -29,11 +31,130 @@ from django.urls import Resolver404, resolve
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+# Django refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) itself; this bound only
+# keeps a far larger one from being read into memory before Django sees it.
+MAX_BODY = 10 * 1024 * 1024
+STREAM_THREADS = 4  # for streamed responses (artifact downloads), apart from the views
+
+
+class SyncViews:
+    """Django's WSGI handler on `threads` threads, with one hand-off per response.
+
+    Written instead of a2wsgi's WSGIMiddleware, which we used first: it blocks the view's
+    thread until the event loop has sent each part of the response, three round trips a
+    request. With more than one thread per process those threads and the event loop queue
+    for the GIL, and measured under a steady 500 requests a second (bench/api.py) a process
+    sat at 60 % CPU with 100 ms latencies. Here the view's thread builds the whole response
+    and hands it over once. Only streamed responses (artifact downloads) go chunk by chunk,
+    read on threads of their own so a slow client never holds a view thread.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.handler = get_wsgi_application()
+        self.threads = threads
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="django")
+        self.streams = ThreadPoolExecutor(STREAM_THREADS, thread_name_prefix="stream")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        try:
+            body = await _read_body(receive)
+        except BodyTooLarge:
+            await _send_too_large(send)
+            return
+        if body is None:  # the client went away
+            return
+        loop = asyncio.get_running_loop()
+        environ = build_environ(scope, io.BytesIO(body))
+        status, headers, content, stream = await loop.run_in_executor(
+            self.executor, self.respond, environ
+        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if stream is None:
+            await send({"type": "http.response.body", "body": content})
+            return
+        chunks = iter(stream)
+        try:
+            while True:
+                chunk = await loop.run_in_executor(self.streams, next, chunks, None)
+                if chunk is None:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await loop.run_in_executor(self.streams, stream.close)
+
+    def respond(self, environ: dict) -> tuple[int, list, bytes, object | None]:
+        """Runs the view; returns the status, headers, and the body or the stream to send."""
+        started: list = []
+
+        def start_response(status: str, headers: list, exc_info: object = None) -> Callable:
+            started[:] = [int(status.split(" ", 1)[0]), _encode(headers)]
+            return _no_write
+
+        response = self.handler(environ, start_response)
+        if getattr(response, "streaming", False):
+            return *started, b"", response
+        try:
+            content = b"".join(response)
+        finally:
+            response.close()  # sends request_finished, as a WSGI server would
+        return *started, content, None
+
+    def close_connections(self) -> None:
+        """Closes the database connections of every view thread. A pool has no way to run a
+        task on each of its threads, so each task waits at a barrier until `threads` of them
+        run at once, which puts one on every thread."""
+        barrier = threading.Barrier(self.threads)
+
+        def close() -> None:
+            barrier.wait(timeout=30)
+            connections.close_all()
+
+        for task in [self.executor.submit(close) for _ in range(self.threads)]:
+            task.result()
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Callable) -> bytes | None:
+    """The request body, or None if the client went away."""
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        parts.append(message.get("body", b""))
+        size += len(parts[-1])
+        if size > MAX_BODY:
+            raise BodyTooLarge
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _send_too_large(send: Callable) -> None:
+    body = {
+        "error": "bad-request",
+        "message": f"The request body is over {MAX_BODY:,} bytes.",
+        "details": {},
+    }
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin1"), value.encode("latin1")) for name, value in headers]
+
+
+def _no_write(data: bytes) -> None:
+    raise RuntimeError("the WSGI write() callable is not supported; return the body instead")
 
 
 def build_application(threads: int) -> ASGIApp:
     django_asgi = get_asgi_application()  # sets Django up; the WSGI handler needs it too
-    django_wsgi = WSGIMiddleware(get_wsgi_application(), workers=threads)
+    sync_views = SyncViews(threads)
 
     @lru_cache(maxsize=4096)
     def is_async(path: str) -> bool:
@@ -44,38 +165,26 @@ def build_application(threads: int) -> ASGIApp:
 
     async def application(scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
-            await lifespan(receive, send, django_wsgi.executor, threads)
+            await lifespan(receive, send, sync_views)
         elif scope["type"] == "http" and not is_async(scope["path"]):
-            await django_wsgi(scope, receive, send)
+            await sync_views(scope, receive, send)
         else:
             await django_asgi(scope, receive, send)
 
     return application
 
 
-async def lifespan(receive: Callable, send: Callable, pool: ThreadPoolExecutor, threads: int):
+async def lifespan(receive: Callable, send: Callable, sync_views: SyncViews) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            await asyncio.to_thread(close_connections, pool, threads)
+            await asyncio.to_thread(sync_views.close_connections)
             await send({"type": "lifespan.shutdown.complete"})
             return
 
 
-def close_connections(pool: ThreadPoolExecutor, threads: int) -> None:
-    """Closes the database connections of every thread in the pool. A pool has no way to
-    run a task on each of its threads, so each task waits at a barrier until `threads` of
-    them run at once, which puts one on every thread."""
-    barrier = threading.Barrier(threads)
-
-    def close() -> None:
-        barrier.wait(timeout=30)
-        connections.close_all()
-
-    for task in [pool.submit(close) for _ in range(threads)]:
-        task.result()
-
-
-application = build_application(int(os.environ.get("STEPWISE_WEB_THREADS", "8")))
+# One thread per process: with more, the threads and the event loop contend for the GIL and
+# latency grows while the CPU idles (docs/benchmarks.md); concurrency comes from processes.
+application = build_application(int(os.environ.get("STEPWISE_WEB_THREADS", "1")))

@@ -46,7 +46,7 @@ class Command(BaseCommand):
                     "--port",
                     str(options["port"]),
                     "--workers",
-                    os.environ.get("STEPWISE_WEB_WORKERS", "2"),
+                    os.environ.get("STEPWISE_WEB_WORKERS", str(web_workers())),
                     "--log-level",
                     "warning",
                 ]
@@ -63,6 +63,12 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.WARNING(f"created the first admin user: admin / {password}  (change it)")
         )
+
+
+def web_workers() -> int:
+    """One web process per core, 2 to 8: each serves sync views on one thread (config/asgi.py
+    says why), so processes are what serve requests side by side."""
+    return max(2, min(os.cpu_count() or 2, 8))
 
 
 def supervise(children: list[subprocess.Popen]) -> int:
