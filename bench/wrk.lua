@@ -5,6 +5,25 @@
 -- and prints one JSON line of figures when done (latencies in microseconds).
 
 -- Each request carries the next token of TOKENS (space-separated), one per client.
+--
+-- With RATE set (requests a second for this thread; bench/api.py divides the total among
+-- wrk's threads) requests are paced: each goes out at the next free slot of a fixed
+-- schedule, so the server is offered a steady load instead of a new request the moment the
+-- last answer came (which measures saturation, not latency at a given load).
+
+local ffi = require("ffi")
+ffi.cdef[[
+  typedef struct { long tv_sec; long tv_nsec; } timespec;
+  int clock_gettime(int clock, timespec *now);
+]]
+local now_ts = ffi.new("timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, now_ts)  -- CLOCK_MONOTONIC
+  return tonumber(now_ts.tv_sec) * 1000 + tonumber(now_ts.tv_nsec) / 1e6
+end
+local interval = tonumber(os.getenv("RATE") or "")
+interval = interval and 1000 / interval
+local next_slot
 
 local mode, arg
 local tokens, turn = {}, 0
@@ -18,6 +37,16 @@ function init(args)
     wrk.method = "POST"
     wrk.body = os.getenv("BODY")
     wrk.headers["Content-Type"] = "application/json"
+  end
+end
+
+if interval then
+  function delay()
+    local now = now_ms()
+    next_slot = math.max(next_slot or now, now)
+    local wait = next_slot - now
+    next_slot = next_slot + interval
+    return wait
   end
 end
 
