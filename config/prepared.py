@@ -12,8 +12,9 @@ thread, and the probe's position in the SQL parameters is remembered. A call run
 own compiler with that SQL and the caller's value in the probe's place, so model instances,
 `select_related` objects and value conversions come out exactly as the ORM makes them.
 
-It relies on two internals, `Query.get_compiler` and `SQLCompiler.as_sql`, stable since
-Django 1.x; tests/config/test_prepared.py compares its results with the ORM's.
+It relies on internals of Django's SQL compiler (`Query.get_compiler`, `SQLCompiler.as_sql`,
+`.select` and `.get_converters`), stable since Django 1.x; tests/config/test_prepared.py
+compares its results with the ORM's.
 """
 
 import threading
@@ -59,4 +60,8 @@ class PreparedQuery(Generic[T]):
         # A clone of the query (each call's `_chain()`) keeps this attribute: it copies
         # the query's __dict__.
         queryset.query.get_compiler = lambda *args, **kwargs: compiler
+        # The value converters of the selected columns, which results_iter() would otherwise
+        # work out again for every call.
+        converters = compiler.get_converters([s[0] for s in compiler.select[: compiler.col_count]])
+        compiler.get_converters = lambda expressions: converters
         return queryset, compiler, sql, list(params), at[0]
