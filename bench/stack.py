@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def start(env: dict[str, str], port: int, web_workers: str, log: Path) -> list[subprocess.Popen]:
-    """Starts uvicorn (`web_workers` processes) and a qcluster; returns once /healthz answers."""
+    """Starts the web server `make run` starts (config/web.py, `web_workers` processes) and a
+    qcluster; returns once /healthz answers."""
     out = log.open("wb")
     options = {
         "env": env,
@@ -26,16 +27,8 @@ def start(env: dict[str, str], port: int, web_workers: str, log: Path) -> list[s
     processes = [
         subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "config.asgi:application",
-                "--port",
-                str(port),
-                "--workers",
-                web_workers,
-                "--log-level",
-                "warning",
+                *(sys.executable, "-m", "config.web", "--port", str(port)),
+                *("--workers", web_workers),
             ],
             **options,
         ),

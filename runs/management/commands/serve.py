@@ -39,17 +39,15 @@ class Command(BaseCommand):
                 [
                     sys.executable,
                     "-m",
-                    "uvicorn",
-                    "config.asgi:application",
+                    "config.web",
                     "--host",
                     options["host"],
                     "--port",
                     str(options["port"]),
                     "--workers",
                     os.environ.get("STEPWISE_WEB_WORKERS", str(web_workers())),
-                    "--log-level",
-                    "warning",
-                ]
+                ],
+                cwd=settings.BASE_DIR,
             ),
         ]
         sys.exit(supervise(children))
