@@ -45,7 +45,7 @@ class Server:
 
 @pytest.fixture
 def server(transactional_db, tmp_path) -> Iterator[Server]:
-    """The ASGI app under uvicorn, as `make run` serves it, on the test database.
+    """The web server `make run` starts (config/web.py, one process), on the test database.
 
     Replaces pytest-django's live server, a WSGI server in a thread, which serves the live
     log streams (async views) only by converting them to sync, and not the way production
@@ -65,11 +65,12 @@ def server(transactional_db, tmp_path) -> Iterator[Server]:
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(port)],
+            [sys.executable, "-m", "config.web", "--port", str(port), "--workers", "1"],
             cwd=ROOT,
             env=environment,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -77,14 +78,14 @@ def server(transactional_db, tmp_path) -> Iterator[Server]:
         while not _answers(f"{url}/healthz"):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the server did not start:\n{log.read_text()}", pytrace=False)
-            time.sleep(0.1)  # uvicorn is still importing Django: nothing to wait on but a port
+            time.sleep(0.1)  # the server is still importing Django: nothing to wait on but a port
         yield Server(url)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # its web process too
             process.wait()
 
 
