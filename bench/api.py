@@ -4,7 +4,7 @@
     .venv/bin/python bench/api.py --database-url postgres://postgres@127.0.0.1:5432/stepwise_apibench
 
 It makes a throwaway database with 100,000 runs (one step each), starts the same ASGI server
-`manage.py serve` starts (uvicorn, STEPWISE_WEB_WORKERS processes) and measures, with 50
+`manage.py serve` starts (python -m config.web, --web-workers processes) and measures, with 50
 clients at once: GET /runs/{n} throughput and p99, GET /runs p95 on the first page and on a
 deep cursor page, and POST /runs p99 (with a cluster running, so runs really start). Each
 is measured twice: with the clients going as fast as they can (a closed loop, which

@@ -1,4 +1,5 @@
-"""The server side a benchmark talks to: uvicorn and a qcluster on a throwaway database."""
+"""The server side a benchmark talks to: the web server (config/web.py) and a qcluster, on a
+throwaway database."""
 
 import contextlib
 import os
