@@ -23,6 +23,7 @@ from functools import lru_cache
 from inspect import iscoroutinefunction
 
 from a2wsgi.wsgi import build_environ
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 from django.core.wsgi import get_wsgi_application
 from django.db import connections
@@ -31,10 +32,10 @@ from django.urls import Resolver404, resolve
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
-# Django refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) itself; this bound only
-# keeps a far larger one from being read into memory before Django sees it.
-MAX_BODY = 10 * 1024 * 1024
-STREAM_THREADS = 4  # for streamed responses (artifact downloads), apart from the views
+# The largest request body read, as Django's own limit on a body it reads (2.5 MB): no
+# endpoint takes more (runbook YAML, run params), and a larger one is refused before it is
+# read into memory, so many large requests at once cannot exhaust it.
+MAX_BODY = settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2_621_440
 
 
 class SyncViews:
@@ -45,43 +46,54 @@ class SyncViews:
     request. With more than one thread per process those threads and the event loop queue
     for the GIL, and measured under a steady 500 requests a second (bench/api.py) a process
     sat at 60 % CPU with 100 ms latencies. Here the view's thread builds the whole response
-    and hands it over once. Only streamed responses (artifact downloads) go chunk by chunk,
-    read on threads of their own so a slow client never holds a view thread.
+    and hands it over once.
+
+    Streamed responses (artifact and log downloads) are read on a thread of their own, one
+    per response, so a slow client never holds a view thread and a stream that reads the
+    database keeps one connection from start to end; that thread closes its connections
+    when the stream ends. A HEAD request's stream is not read, and a stream stops when its
+    client goes away.
     """
 
     def __init__(self, threads: int) -> None:
         self.handler = get_wsgi_application()
         self.threads = threads
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="django")
-        self.streams = ThreadPoolExecutor(STREAM_THREADS, thread_name_prefix="stream")
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         try:
-            body = await _read_body(receive)
+            body = await _read_body(scope, receive)
         except BodyTooLarge:
             await _send_too_large(send)
             return
         if body is None:  # the client went away
             return
-        loop = asyncio.get_running_loop()
         environ = build_environ(scope, io.BytesIO(body))
-        status, headers, content, stream = await loop.run_in_executor(
-            self.executor, self.respond, environ
-        )
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        environ["CONTENT_LENGTH"] = str(len(body))  # also for a chunked body
+        loop = asyncio.get_running_loop()
+        responding = loop.run_in_executor(self.executor, self.respond, environ)
+        try:
+            status, headers, content, stream = await asyncio.shield(responding)
+        except asyncio.CancelledError:
+            responding.add_done_callback(_close_unsent)
+            raise
         if stream is None:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": content})
             return
-        chunks = iter(stream)
+        gone = threading.Event()
+        if scope["method"] == "HEAD":
+            gone.set()  # headers only: the stream is closed unread
+        watcher = asyncio.create_task(_watch_disconnect(receive, gone))
+        pumping = False
         try:
-            while True:
-                chunk = await loop.run_in_executor(self.streams, next, chunks, None)
-                if chunk is None:
-                    break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            pumping = True
+            await _run_in_thread(_pump, stream, send, loop, gone)
         finally:
-            await loop.run_in_executor(self.streams, stream.close)
+            watcher.cancel()
+            if not pumping:
+                threading.Thread(target=_close, args=(stream,), name="stream").start()
 
     def respond(self, environ: dict) -> tuple[int, list, bytes, object | None]:
         """Runs the view; returns the status, headers, and the body or the stream to send."""
@@ -114,12 +126,83 @@ class SyncViews:
             task.result()
 
 
+def _pump(stream, send: Callable, loop: asyncio.AbstractEventLoop, gone: threading.Event):
+    """Sends a streamed response chunk by chunk, waiting for each to be sent (so a slow
+    client slows the reading, not the memory), then closes it and this thread's database
+    connections."""
+    try:
+        chunks = iter(stream)
+        while not gone.is_set() and (chunk := next(chunks, None)) is not None:
+            message = {"type": "http.response.body", "body": chunk, "more_body": True}
+            asyncio.run_coroutine_threadsafe(send(message), loop).result()
+        end = {"type": "http.response.body", "body": b""}
+        asyncio.run_coroutine_threadsafe(send(end), loop).result()
+    finally:
+        _close(stream)
+
+
+def _close(stream) -> None:
+    """Closes a streamed response (which sends request_finished) and the database
+    connections of the thread that read it."""
+    try:
+        stream.close()
+    finally:
+        connections.close_all()
+
+
+def _close_unsent(responding: asyncio.Future) -> None:
+    """Closes the stream of a response whose request was cancelled while its view ran."""
+    if responding.cancelled() or responding.exception() is not None:
+        return
+    stream = responding.result()[3]
+    if stream is not None:
+        threading.Thread(target=_close, args=(stream,), name="stream").start()
+
+
+async def _run_in_thread(function: Callable, *args) -> None:
+    """Runs `function` on a new thread and waits for it; it finishes even if this is
+    cancelled (it closes what it opened)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def run() -> None:
+        try:
+            function(*args)
+        except BaseException as error:  # reported to the awaiting task below
+            loop.call_soon_threadsafe(_settle, done, error)
+        else:
+            loop.call_soon_threadsafe(_settle, done, None)
+
+    threading.Thread(target=run, name="stream", daemon=True).start()
+    await asyncio.shield(done)
+
+
+def _settle(done: asyncio.Future, error: BaseException | None) -> None:
+    if done.cancelled():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+async def _watch_disconnect(receive: Callable, gone: threading.Event) -> None:
+    """Sets `gone` when the client disconnects (uvicorn's send() then does nothing)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
 class BodyTooLarge(Exception):
     pass
 
 
-async def _read_body(receive: Callable) -> bytes | None:
-    """The request body, or None if the client went away."""
+async def _read_body(scope: dict, receive: Callable) -> bytes | None:
+    """The request body, or None if the client went away. A body over MAX_BODY (as its
+    Content-Length says, or as it arrives) is refused before it is read into memory."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY:
+            raise BodyTooLarge
     parts, size = [], 0
     while True:
         message = await receive()

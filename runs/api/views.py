@@ -64,7 +64,9 @@ LARGEST_NUMBER = 2**63 - 1  # a run number is a 64-bit key; a larger one names n
 
 
 def _shown_run_or_404(number: int | str) -> Run:
-    number = int(number)  # the URL pattern lets only digits through
+    # The URL pattern lets only digits through, but any number of them: 20 or more name no
+    # run, and Python refuses to read more than 4,300.
+    number = int(number) if len(str(number)) < 20 else 0
     runs = SHOWN_RUN(number) if 0 < number <= LARGEST_NUMBER else []
     if not runs:
         raise NotFound(f"There is no run #{number}.")

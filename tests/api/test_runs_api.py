@@ -190,7 +190,7 @@ def test_step_tree_nests_the_parallel_group_children(api, finished):
     assert all(set(child) == STEP_KEYS for child in group["children"])
 
 
-@pytest.mark.parametrize("number", ["999", "0", "9223372036854775808", "1" * 40])
+@pytest.mark.parametrize("number", ["999", "0", "9223372036854775808", "1" * 40, "1" * 5000])
 def test_unknown_run_is_404_with_the_error_body(api, db, number):
     response = api.get(f"/api/v1/runs/{number}")
     assert response.status_code == 404

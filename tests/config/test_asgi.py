@@ -12,11 +12,14 @@ import httpx
 from django.core.files.base import ContentFile
 from django.core.signals import request_started
 from django.db.backends.signals import connection_created
+from django.utils import timezone
+from rest_framework.test import APIClient
 
 import config.asgi
 from config.asgi import build_application
 from config.services import token_create
-from runs.models import Artifact
+from runs.models import Artifact, LogEntry
+from runs.services import logs_append
 from tests.conftest import make_user
 
 
@@ -107,11 +110,55 @@ def test_sync_views_go_to_the_wsgi_handler_and_log_streams_to_the_asgi_one(trans
     assert handlers == ["WSGIHandler", "ASGIHandler", "WSGIHandler"]
 
 
-def test_a_streamed_download_arrives_whole_and_a_post_body_reaches_its_view(
+def call(app, method: str, path: str, headers: dict[str, str]) -> list[dict]:
+    """One request straight to the ASGI app; returns every message it sent."""
+
+    async def go() -> list[dict]:
+        sent: list[dict] = []
+        requested = False
+        finished = asyncio.Event()
+
+        async def receive() -> dict:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await finished.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                finished.set()
+
+        scope = {
+            "type": "http",
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            "client": ("127.0.0.1", 1234),
+            "server": ("testserver", 80),
+        }
+        await app(scope, receive, send)
+        return sent
+
+    return asyncio.run(go())
+
+
+def body_of(messages: list[dict]) -> bytes:
+    return b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+
+
+def test_streamed_downloads_arrive_whole_in_chunks_and_close_their_connections(
     transactional_db, make_runbook, start_run
 ):
     user = make_user("otto", "operator")
-    secret = token_create(user=user, name="asgi")[1]
+    headers = {"Authorization": f"Bearer {token_create(user=user, name='asgi')[1]}"}
     run = start_run(make_runbook("slug: one\nname: One\nsteps: [{id: a, shell: 'true'}]"))
     data = os.urandom(300_000)  # many of FileResponse's 4 kB blocks
     artifact = Artifact.objects.create(
@@ -123,22 +170,52 @@ def test_a_streamed_download_arrives_whole_and_a_post_body_reaches_its_view(
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
     )
+    now = timezone.now()
+    logs_append([LogEntry(run=run, timestamp=now, message=f"line {i}") for i in range(3000)])
+    app = build_application(threads=1)
+    client = APIClient()
+    client.force_login(user)
+    session = {"Cookie": f"sessionid={client.cookies['sessionid'].value}"}
+    opened: list = []
+
+    def note(sender, connection, **kwargs) -> None:
+        opened.append((threading.current_thread().name, connection))
+
+    connection_created.connect(note)
+    try:
+        download = call(app, "GET", f"/api/v1/artifacts/{artifact.pk}/download", headers)
+        log = call(app, "GET", f"/runs/{run.number}/log.txt", session)
+        head = call(app, "HEAD", f"/api/v1/artifacts/{artifact.pk}/download", headers)
+    finally:
+        connection_created.disconnect(note)
+    shut_down(app)
+
+    assert download[0]["status"] == 200 and body_of(download) == data
+    assert len(download) > 10  # sent as it was read, not gathered first
+    assert log[0]["status"] == 200
+    lines = body_of(log).decode().splitlines()
+    assert len(lines) == 3000 and lines[0].endswith("line 0") and lines[-1].endswith("line 2999")
+    assert head[0]["status"] == 200 and body_of(head) == b""
+    # The log was read on a thread of its own, which closed its connection at the end.
+    streams = [connection for name, connection in opened if name == "stream"]
+    assert streams and all(connection.connection is None for connection in streams)
+
+
+def test_a_post_body_reaches_its_view(transactional_db):
+    user = make_user("otto", "operator")
+    secret = token_create(user=user, name="asgi")[1]
     app = build_application(threads=1)
 
-    async def go() -> tuple[httpx.Response, httpx.Response]:
+    async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         headers = {"Authorization": f"Bearer {secret}"}
         async with httpx.AsyncClient(
             transport=transport, base_url="http://testserver", headers=headers
         ) as client:
-            download = await client.get(f"/api/v1/artifacts/{artifact.pk}/download")
-            created = await client.post("/api/v1/tokens", json={"name": "made over ASGI"})
-            return download, created
+            return await client.post("/api/v1/tokens", json={"name": "made over ASGI"})
 
-    download, created = asyncio.run(go())
+    created = asyncio.run(go())
     shut_down(app)
-    assert download.status_code == 200
-    assert download.content == data
     assert created.status_code == 201
     assert created.json()["name"] == "made over ASGI"
 
