@@ -1,8 +1,8 @@
 """`python -m config.web --workers N`: the web server `manage.py serve` runs.
 
-N uvicorn processes serving config.asgi, each listening on a socket of its own bound with
+N uvicorn processes serving config.asgi, each on a listening socket of its own bound with
 SO_REUSEPORT, so that the kernel spreads new connections evenly between them; a process
-that dies is started again.
+that dies is started again on the same socket.
 
 Why not `uvicorn --workers N`: its processes share one listening socket, and whichever
 process is idle when connections arrive accepts all of them. Keep-alive clients then stay
@@ -11,9 +11,16 @@ while the other idled, which halved throughput and doubled latency from one run 
 next. Each process serves sync views on one thread (config/asgi.py), so an even spread is
 what uses the cores. SO_REUSEPORT spreads connections this way on Linux, which `make run`
 needs anyway.
+
+The sockets are made here and passed down, so the port is listening from the start and
+through restarts (a restarted process finds the connections that queued meanwhile), and
+nothing else can take it: Linux lets a socket join a listening port only with
+SO_REUSEPORT and the same user.
 """
 
 import argparse
+import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -23,34 +30,55 @@ import time
 import uvicorn
 
 # A process that exits with an error sooner than this (seconds) did not start, and neither
-# will others (a bad setting, an import error); one killed by a signal is started again.
+# will the others (a bad setting, an import error): the server stops. One killed by a
+# signal that soon is started again after RESTART_PAUSE, so a crash loop does not spin.
 STARTUP = 10.0
+RESTART_PAUSE = 1.0
+STOP_TIMEOUT = 25  # seconds; `manage.py serve` gives its children 30
+GRACEFUL = 20  # seconds a process waits for open requests (live log streams) on SIGTERM
+PR_SET_PDEATHSIG = 1
 
 
-def bind(host: str, port: int) -> socket.socket:
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` sockets listening on host:port. Refused (OSError) if anything else listens
+    there, even another server of ours, which SO_REUSEPORT alone would let in."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        probe.bind((host, port))
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        sockets.append(sock)
+    return sockets
 
 
-def serve_one(host: str, port: int) -> None:
-    config = uvicorn.Config("config.asgi:application", log_level="warning", lifespan="on")
-    uvicorn.Server(config).run(sockets=[bind(host, port)])
+def serve_one(fd: int, supervisor: int) -> None:
+    """Serves on the listening socket `fd` until SIGTERM, or until the supervisor dies."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before prctl: nobody would stop us
+        return
+    config = uvicorn.Config(
+        "config.asgi:application",
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL,
+    )
+    uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 
 
 def supervise(host: str, port: int, workers: int) -> int:
     """Runs `workers` processes until SIGTERM or SIGINT, then stops them."""
     try:
-        # Holds the port from here on (a bound socket that never listens gets no
-        # connections), and fails now, not in each process, if something else has it.
-        held = bind(host, port)
+        sockets = listening_sockets(host, port, workers)
     except OSError as error:
         print(f"cannot listen on {host}:{port}: {error.strerror}", file=sys.stderr)
         return 1
-    command = [sys.executable, "-m", "config.web", "--host", host, "--port", str(port)]
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -60,32 +88,55 @@ def supervise(host: str, port: int, workers: int) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
 
-    def start() -> tuple[subprocess.Popen, float]:
-        return subprocess.Popen([*command, "--workers", "0"]), time.monotonic()
+    def start(sock: socket.socket) -> tuple[subprocess.Popen, float]:
+        fd = sock.fileno()
+        command = [
+            sys.executable,
+            "-m",
+            "config.web",
+            "--fd",
+            str(fd),
+            "--parent",
+            str(os.getpid()),
+        ]
+        return subprocess.Popen(command, pass_fds=[fd]), time.monotonic()
 
-    children = [start() for _ in range(workers)]
+    children: list[tuple[subprocess.Popen, float] | None] = []
+    restart_at: dict[int, float] = {}
     code = 0
-    while not stopping:
-        for i, (child, started) in enumerate(children):
-            if child.poll() is None or stopping:
-                continue
-            if child.returncode > 0 and time.monotonic() - started < STARTUP:
-                print(f"a web process could not start ({child.returncode})", file=sys.stderr)
-                stopping, code = True, 1
-                break
-            print(f"web process {child.pid} exited ({child.returncode}); starting another")
-            children[i] = start()
-        time.sleep(0.2)  # a poll of the children: nothing to wait on across all of them
-    for child, _ in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    for child, _ in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-    held.close()
+    try:
+        children = [start(sock) for sock in sockets]
+        while not stopping:
+            for i, entry in enumerate(children):
+                if entry is None:
+                    if time.monotonic() >= restart_at[i]:
+                        children[i] = start(sockets[i])
+                    continue
+                child, started = entry
+                if child.poll() is None:
+                    continue
+                young = time.monotonic() - started < STARTUP
+                if young and child.returncode > 0:
+                    print(f"a web process could not start ({child.returncode})", file=sys.stderr)
+                    stopping, code = True, 1
+                    break
+                print(f"web process {child.pid} exited ({child.returncode}); starting another")
+                children[i] = None
+                restart_at[i] = time.monotonic() + (RESTART_PAUSE if young else 0)
+            time.sleep(0.2)  # a poll of the children: nothing to wait on across all of them
+    finally:
+        running = [entry[0] for entry in children if entry is not None]
+        for child in running:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for child in running:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for sock in sockets:
+            sock.close()
     return code
 
 
@@ -93,12 +144,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=int, default=2, help="processes; 0: serve in this one")
+    parser.add_argument("--workers", type=int, default=2, help="processes to run")
+    parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a process, on this socket
+    parser.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # of that process
     args = parser.parse_args()
-    if args.workers == 0:
-        serve_one(args.host, args.port)
+    if args.fd is not None:
+        serve_one(args.fd, args.parent)
     else:
-        sys.exit(supervise(args.host, args.port, args.workers))
+        sys.exit(supervise(args.host, args.port, max(1, args.workers)))
 
 
 if __name__ == "__main__":

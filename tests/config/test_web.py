@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from config.web import STOP_TIMEOUT
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -105,11 +107,12 @@ def test_a_process_that_dies_is_replaced_and_sigterm_stops_them_all(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
         children = psutil.Process(process.pid).children()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=40) == 0
+        # Sooner than STOP_TIMEOUT, after which the processes would be killed instead.
+        assert process.wait(timeout=STOP_TIMEOUT - 5) == 0
     assert not any(child.is_running() and child.status() != "zombie" for child in children)
 
 
-def test_a_port_in_use_fails_at_once(tmp_path):
+def test_a_port_another_program_listens_on_fails_at_once(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -117,6 +120,18 @@ def test_a_port_in_use_fails_at_once(tmp_path):
         with web(tmp_path, port) as process:
             assert process.wait(timeout=30) == 1
     assert "cannot listen on 127.0.0.1:" in (tmp_path / "web.log").read_text()
+
+
+def test_a_second_server_on_the_same_port_fails_at_once(tmp_path):
+    port = free_port()
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    with web(tmp_path / "first", port) as first:
+        serving(first, port, 2)
+        with web(tmp_path / "second", port) as second:
+            assert second.wait(timeout=30) == 1
+        assert first.poll() is None
+    assert "cannot listen on" in (tmp_path / "second" / "web.log").read_text()
 
 
 def test_processes_that_cannot_start_stop_the_server(tmp_path):
