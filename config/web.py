@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import uvicorn
@@ -79,14 +80,7 @@ def supervise(host: str, port: int, workers: int) -> int:
     except OSError as error:
         print(f"cannot listen on {host}:{port}: {error.strerror}", file=sys.stderr)
         return 1
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    stop = stop_on_signals()
 
     def start(sock: socket.socket) -> tuple[subprocess.Popen, float]:
         fd = sock.fileno()
@@ -106,7 +100,7 @@ def supervise(host: str, port: int, workers: int) -> int:
     code = 0
     try:
         children = [start(sock) for sock in sockets]
-        while not stopping:
+        while not stop.is_set():
             for i, entry in enumerate(children):
                 if entry is None:
                     if time.monotonic() >= restart_at[i]:
@@ -118,26 +112,39 @@ def supervise(host: str, port: int, workers: int) -> int:
                 young = time.monotonic() - started < STARTUP
                 if young and child.returncode > 0:
                     print(f"a web process could not start ({child.returncode})", file=sys.stderr)
-                    stopping, code = True, 1
+                    stop.set()
+                    code = 1
                     break
                 print(f"web process {child.pid} exited ({child.returncode}); starting another")
                 children[i] = None
                 restart_at[i] = time.monotonic() + (RESTART_PAUSE if young else 0)
             time.sleep(0.2)  # a poll of the children: nothing to wait on across all of them
     finally:
-        running = [entry[0] for entry in children if entry is not None]
-        for child in running:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for child in running:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_all([entry[0] for entry in children if entry is not None], STOP_TIMEOUT)
         for sock in sockets:
             sock.close()
     return code
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGINT (Ctrl-C) or SIGTERM sets."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: stop.set())
+    return stop
+
+
+def stop_all(children: list[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM to each child still running; those not gone within `timeout` are killed."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 def main() -> None:

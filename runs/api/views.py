@@ -66,10 +66,10 @@ LARGEST_NUMBER = 2**63 - 1  # a run number is a 64-bit key; a larger one names n
 def _shown_run_or_404(number: int | str) -> Run:
     # The URL pattern lets only digits through, but any number of them: 20 or more name no
     # run, and Python refuses to read more than 4,300.
-    number = int(number) if len(str(number)) < 20 else 0
-    runs = SHOWN_RUN(number) if 0 < number <= LARGEST_NUMBER else []
+    key = int(number) if len(str(number)) < 20 else 0
+    runs = SHOWN_RUN(key) if 0 < key <= LARGEST_NUMBER else []
     if not runs:
-        raise NotFound(f"There is no run #{number}.")
+        raise NotFound(f"There is no run #{str(number)[:20]}.")
     return runs[0]
 
 

@@ -197,6 +197,7 @@ def test_unknown_run_is_404_with_the_error_body(api, db, number):
     body = response.json()
     assert set(body) == ERROR_KEYS
     assert body["error"] == "not-found" and body["details"] == {}
+    assert body["message"] == f"There is no run #{number[:20]}."
     for sub in ("steps", "logs", "outputs", "artifacts"):
         assert api.get(f"/api/v1/runs/999/{sub}").status_code == 404
     assert api.post("/api/v1/runs/999/cancel", {}, format="json").status_code == 404

@@ -2,7 +2,6 @@
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
+
+from config.web import stop_all, stop_on_signals
 
 
 class Command(BaseCommand):
@@ -71,28 +72,13 @@ def web_workers() -> int:
 
 def supervise(children: list[subprocess.Popen]) -> int:
     """Waits until Ctrl-C or a child exits, then stops them all."""
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    stop = stop_on_signals()
     code = 0
-    while not stopping:
+    while not stop.is_set():
         exited = [child for child in children if child.poll() is not None]
         if exited:
             code = exited[0].returncode or 1
             break
-        time.sleep(0.5)
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
+        time.sleep(0.5)  # a poll of the children: nothing to wait on across all of them
+    stop_all(children, timeout=30)
     return code
