@@ -31,6 +31,9 @@ class PreparedQuery(Generic[T]):
 
     `probe` stands for the value while compiling: of the type the database column takes
     (an int for a key, a str for a text column) and unlike any other parameter of the query.
+    With an int probe the value may also be a list of ints (for `__in`): the SQL differs with
+    the list's length, so it is compiled once per length, with `probe`, `probe - 1`, ... in
+    place of the values.
     Each thread compiles its own copy, since a compiler holds its thread's connection.
     """
 
@@ -39,24 +42,35 @@ class PreparedQuery(Generic[T]):
         self.probe = probe
         self.local = threading.local()
 
-    def __call__(self, value: int | str) -> list[T]:
-        if type(value) is not type(self.probe):
+    def __call__(self, value: int | str | list[int]) -> list[T]:
+        many = type(value) is list and type(self.probe) is int
+        if not all(type(v) is type(self.probe) for v in (value if many else [value])):
             raise TypeError(f"expected {type(self.probe).__name__}, got {value!r}")
-        state = getattr(self.local, "state", None)
+        states = getattr(self.local, "states", None)
+        if states is None:
+            states = self.local.states = {}
+        key = len(value) if many else None
+        state = states.get(key)
         if state is None:
-            state = self.local.state = self.compile()
-        queryset, compiler, sql, params, index = state
-        params = [*params[:index], value, *params[index + 1 :]]
+            probe = [self.probe - i for i in range(key)] if many else self.probe
+            state = states[key] = self.compile(probe)
+        queryset, compiler, sql, params, positions = state
+        params = params.copy()
+        for at, v in zip(positions, value if many else [value], strict=True):
+            params[at] = v
         compiler.as_sql = lambda *args, **kwargs: (sql, params)
         return list(queryset._chain())
 
-    def compile(self) -> tuple:
-        queryset = self.build(self.probe)
+    def compile(self, probe: int | str | list[int]) -> tuple:
+        queryset = self.build(probe)
         compiler = queryset.query.get_compiler(queryset.db)
         sql, params = compiler.as_sql()
-        at = [i for i, param in enumerate(params) if param == self.probe]
-        if len(at) != 1:
-            raise ValueError(f"the probe {self.probe!r} is {len(at)} of the parameters {params}")
+        positions = []
+        for one in probe if type(probe) is list else [probe]:
+            at = [i for i, param in enumerate(params) if param == one]
+            if len(at) != 1:
+                raise ValueError(f"the probe {one!r} is {len(at)} of the parameters {params}")
+            positions.append(at[0])
         # A clone of the query (each call's `_chain()`) keeps this attribute: it copies
         # the query's __dict__.
         queryset.query.get_compiler = lambda *args, **kwargs: compiler
@@ -64,4 +78,4 @@ class PreparedQuery(Generic[T]):
         # work out again for every call.
         converters = compiler.get_converters([s[0] for s in compiler.select[: compiler.col_count]])
         compiler.get_converters = lambda expressions: converters
-        return queryset, compiler, sql, list(params), at[0]
+        return queryset, compiler, sql, list(params), positions

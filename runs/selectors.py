@@ -29,10 +29,12 @@ def _leaf_counts(steps: QuerySet[Step]) -> QuerySet:
     return steps.leaves().values_list("run_id", "status").annotate(n=Count("id")).order_by()
 
 
-# A run's page and `GET /runs/{n}` count one run's steps on every poll: prepared.
-LEAF_COUNTS_OF_RUN = PreparedQuery(
-    lambda run_id: _leaf_counts(Step.objects.filter(run_id=run_id)), probe=-918_273_645
+# Every list page, run page and `GET /runs/{n}` counts steps: prepared, for pages of up to
+# PREPARED_PAGE runs (the API's largest page).
+LEAF_COUNTS = PreparedQuery(
+    lambda run_ids: _leaf_counts(Step.objects.filter(run_id__in=run_ids)), probe=-918_273_645
 )
+PREPARED_PAGE = 100
 
 
 def run_summaries(runs: Iterable[Run]) -> list[Run]:
@@ -46,8 +48,8 @@ def run_summaries(runs: Iterable[Run]) -> list[Run]:
     active_pks = [run.pk for run in runs if run.status not in RUN_TERMINAL]
     if pks:
         rows = (
-            LEAF_COUNTS_OF_RUN(pks[0])
-            if len(pks) == 1
+            LEAF_COUNTS(pks)
+            if len(pks) <= PREPARED_PAGE
             else _leaf_counts(Step.objects.filter(run_id__in=pks))
         )
         for run_id, status, n in rows:

@@ -61,9 +61,9 @@ def test_the_sql_is_compiled_once_and_run_with_each_value(runs):
     prepared = PreparedQuery(runs_with_related, probe=-1)
     with CaptureQueriesContext(connection) as queries:
         first = prepared(runs[0].pk)
-        compiled = prepared.local.state
+        compiled = prepared.local.states[None]
         second = prepared(runs[1].pk)
-    assert prepared.local.state is compiled
+    assert prepared.local.states[None] is compiled
     assert [first[0].title, second[0].title] == ["first", "second"]
     assert len(queries) == 2  # one query a call, no other
 
@@ -83,6 +83,18 @@ def test_values_lists_with_aggregates_work_too(runs):
                 (run.pk, "queued", 1),
             ]
         )
+
+
+def test_a_list_of_values_is_compiled_once_per_length(runs):
+    prepared = PreparedQuery(lambda numbers: Run.objects.filter(pk__in=numbers), probe=-1)
+    first, second = (run.pk for run in runs)
+    assert [run.title for run in prepared([second])] == ["second"]
+    assert sorted(run.title for run in prepared([first, second])) == ["first", "second"]
+    assert sorted(run.title for run in prepared([second, second + 1000])) == ["second"]
+    assert [run.title for run in prepared([first])] == ["first"]
+    assert sorted(prepared.local.states) == [1, 2]
+    with pytest.raises(TypeError, match="expected int"):
+        prepared([first, str(second)])
 
 
 def test_a_value_is_a_parameter_never_sql(runs):
