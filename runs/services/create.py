@@ -13,9 +13,9 @@ from runbooks.models import Runbook, RunbookVersion
 from runbooks.params import ParamsError, coerce_params, secret_names
 from runbooks.services import version_definition
 from runs import secrets
-from runs.models import Run, RunEvent, Step
+from runs.models import Run, Step
 from runs.services.advance import run_advance
-from runs.services.events import _events_batched, step_transition
+from runs.services.events import _events_batched, _record_event, step_transition
 from runs.state import (
     RunStatus,
     StepStatus,
@@ -71,8 +71,6 @@ def params_validate(*, version: RunbookVersion, params: Mapping[str, Any]) -> di
         raise ValidationFailed("Some params are not valid.", details=details) from error
 
 
-@transaction.atomic
-@_events_batched
 def run_create(
     *,
     runbook: Runbook,
@@ -85,7 +83,11 @@ def run_create(
     retried_from: Run | None = None,
     reuse_from: Run | None = None,
 ) -> Run:
-    """Validates params and starts a run of the runbook's latest version (or `version`)."""
+    """Validates params and starts a run of the runbook's latest version (or `version`).
+
+    Everything that only reads and checks is done before the write transaction begins: on
+    SQLite that transaction holds the database's one write lock, which every run's steps
+    also need."""
     if version is None:
         if runbook.is_archived:
             raise Conflict(f"Runbook {runbook.slug!r} is archived; it cannot be run.")
@@ -104,7 +106,7 @@ def run_create(
     shown, hidden = _split_secrets(version, values)
     definition = version_definition(version)
     now = timezone.now()
-    run = Run.objects.create(
+    run = Run(
         runbook=runbook,
         version=version,
         title=title,
@@ -116,20 +118,24 @@ def run_create(
         retried_from=retried_from,
         deadline=now + timedelta(seconds=definition.timeout) if definition.timeout else None,
     )
-    if not title:
-        run.title = f"{runbook.name} #{run.number}"
+    _run_insert(run, definition, reuse_from)
+    return run
+
+
+@transaction.atomic
+@_events_batched
+def _run_insert(run: Run, definition: Any, reuse_from: Run | None) -> None:
+    run.save(force_insert=True)
+    if not run.title:
+        run.title = f"{run.runbook.name} #{run.number}"
         Run.objects.filter(pk=run.pk).update(title=run.title)
-    RunEvent.objects.create(
-        run=run,
-        to_status=RunStatus.QUEUED,
-        actor=user,
-        message=f"retry of #{retried_from.number}" if retried_from else f"started from {origin}",
-    )
+    retried_from = run.retried_from
+    started = f"retry of #{retried_from.number}" if retried_from else f"started from {run.origin}"
+    _record_event(run=run, to_status=RunStatus.QUEUED, actor=run.created_by, message=started)
     _create_steps(run, definition)
     if reuse_from is not None:
         _reuse_succeeded_steps(run, reuse_from)
     run_advance(run=run)
-    return run
 
 
 def _reuse_succeeded_steps(run: Run, source: Run) -> None:
