@@ -601,6 +601,18 @@ def test_run_list_uses_the_same_number_of_queries_for_5_and_50_runs(
     assert many == few
 
 
+@pytest.mark.parametrize("paging", ["", "&page=1", "&cursor=cD05OTk5OQ=="])
+def test_run_list_counts_runs_without_the_joins_its_rows_need(api, finished, failed, paging):
+    """Each run's runbook, version and creator are joined in for the page's rows only: with
+    them, counting 100,000 runs on SQLite took 20 ms instead of 0.1."""
+    with CaptureQueriesContext(connection) as queries:
+        body = api.get(f"/api/v1/runs?per_page=1{paging}").json()
+    assert body["count"] == 2
+    assert body["results"][0]["runbook"]["slug"] == failed.runbook.slug
+    counts = [q["sql"] for q in queries if "COUNT(*)" in q["sql"]]
+    assert len(counts) == 1 and "JOIN" not in counts[0], counts
+
+
 # --- Stats ----------------------------------------------------------------------------------
 
 
