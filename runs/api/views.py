@@ -60,9 +60,14 @@ class RunPagination(PagePagination):
         return super().get_paginated_response(data)
 
 
+def _columns() -> QuerySet[Run]:
+    """Runs with only the columns the API shows of them (RunOutput.COLUMNS)."""
+    return Run.objects.only(*RunOutput.COLUMNS)
+
+
 def _shown() -> QuerySet[Run]:
-    """Runs with only what the API shows of them (RunOutput.COLUMNS and .RELATED)."""
-    return Run.objects.only(*RunOutput.COLUMNS).annotate(**RunOutput.RELATED)
+    """Runs with all the API shows of them: their columns and RunOutput.RELATED."""
+    return RunPagination.rows(_columns())
 
 
 # `GET /runs/{n}` is the API's busiest call (scripts poll it), so its query is prepared.
@@ -96,7 +101,7 @@ class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
     serializer_class = RunOutput
 
     def get_queryset(self) -> QuerySet[Run]:
-        return Run.objects.only(*RunOutput.COLUMNS).order_by("-number")  # RunPagination.rows
+        return _columns().order_by("-number")  # RunPagination.rows adds RELATED to a page
 
     def _out(self, run: Run, status_code: int = 200, *, fresh: bool = False) -> Response:
         """The run as the API shows it; re-read unless `fresh` (a service may have moved it)."""
