@@ -14,6 +14,7 @@ from config.errors import Conflict, ValidationFailed
 from runbooks.models import Runbook, RunbookVersion
 from runbooks.schema import (
     DefinitionError,
+    GroupStep,
     RunbookDefinition,
     load_definition_text,
     parse_definition,
@@ -158,3 +159,19 @@ def _steps_for_version(version_pk: int, checksum: str) -> dict[str, Any]:
 def version_steps(version: RunbookVersion) -> dict[str, Any]:
     """A version's step specs by id, cached like `version_definition`."""
     return _steps_for_version(version.pk, version.checksum)
+
+
+@lru_cache(maxsize=256)
+def _last_steps_for_version(version_pk: int, checksum: str) -> frozenset[str]:
+    definition = _definition_for_version(version_pk, checksum)
+    last = {definition.steps[-1].id}
+    for _, spec, _, _ in definition.iter_steps():
+        if isinstance(spec, GroupStep):
+            last.add(spec.steps[-1].id)
+    return frozenset(last)
+
+
+def version_last_steps(version: RunbookVersion) -> frozenset[str]:
+    """The ids of the steps no sibling follows (the last of the runbook and of each group),
+    cached like `version_definition`."""
+    return _last_steps_for_version(version.pk, version.checksum)

@@ -480,6 +480,8 @@ def work(run_pk: int, step_pk: int | None = None) -> int:
         if finish.claimed:
             steps, upcoming = finish.claimed, finish.upcoming
             continue
+        if finish.run_ended:
+            break  # a claim would find nothing, and on SQLite it takes the write lock
         upcoming = None
         prefer = None
         if finish.retry_at is not None:

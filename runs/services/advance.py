@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidTransition
+from config.prepared import PreparedQuery
 from runbooks.services import version_definition, version_steps
 from runs import engine, secrets, templating
 from runs.models import LogLevel, Run, RunEvent, Step
@@ -23,9 +24,16 @@ from runs.state import (
     StepStatus,
 )
 
+# Every plan reads all of a run's steps: prepared (config/prepared.py), so that Django does
+# not compile the query again for each step.
+RUN_STEPS = PreparedQuery(lambda pk: Step.objects.filter(run_id=pk), probe=-918_273_645)
+
 
 def _nodes(run: Run) -> tuple[list[engine.Node], dict[int, Step]]:
-    steps = {step.pk: step for step in run.steps.all()}
+    steps = {}
+    for step in RUN_STEPS(run.pk):
+        step.run = run  # as `run.steps.all()` would: no query for it later
+        steps[step.pk] = step
     nodes = {
         pk: engine.Node(
             pk=pk,
@@ -93,6 +101,11 @@ def _lock(run: Run) -> Run:
 # What can change on a run once it exists: run_transition's fields, and the title that
 # run_create sets. Everything else (version, params, secrets, deadline, creator) is fixed.
 RUN_MUTABLE = ("status", "started_at", "finished_at", "outputs", "error", "cancel_reason", "title")
+# `_relock`'s read, which every step's finish makes: prepared like RUN_STEPS.
+RUN_MUTABLE_FIELDS = PreparedQuery(
+    lambda pk: Run.objects.select_for_update().filter(pk=pk).values(*RUN_MUTABLE),
+    probe=-918_273_645,
+)
 
 
 def _relock(run: Run) -> Run:
@@ -101,8 +114,10 @@ def _relock(run: Run) -> Run:
     For a worker's own copy of the run (loaded at the claim, with its version and creator):
     a lighter query than `_lock`, which a step's finish pays for on every step.
     """
-    fresh = Run.objects.select_for_update().values(*RUN_MUTABLE).get(pk=run.pk)
-    for name, value in fresh.items():
+    rows = RUN_MUTABLE_FIELDS(run.pk)
+    if not rows:
+        raise Run.DoesNotExist(f"Run #{run.pk} does not exist.")
+    for name, value in rows[0].items():
         setattr(run, name, value)
     return run
 

@@ -12,7 +12,8 @@ from django.db.models import Case, DateTimeField, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from runbooks.services import version_steps
+from config.prepared import PreparedQuery
+from runbooks.services import version_last_steps, version_steps
 from runs.models import LogEntry, LogLevel, Run, Step, StepAttempt
 from runs.services.advance import VERSION_HEAVY, _enqueue, _masker, _relock, run_advance
 from runs.services.events import (
@@ -84,6 +85,29 @@ def _ready_steps(run_pk: int) -> Any:
     )
 
 
+# The step a queue message names, if still queued: what every task reads first. Prepared
+# (config/prepared.py): Django would otherwise spend about 1 ms compiling its joins for each
+# message, more than the rest of the claim. The run and time checks are made in Python.
+QUEUED_STEP = PreparedQuery(
+    lambda pk: (
+        Step.objects.filter(pk=pk, status=StepStatus.QUEUED)
+        .select_for_update(skip_locked=True, of=("self",))
+        .select_related("run__created_by", "run__version")
+        .defer(*(f"run__version__{name}" for name in VERSION_HEAVY))
+    ),
+    probe=-918_273_645,
+)
+
+
+def _preferred(run_pk: int, step_pk: int) -> Step | None:
+    """The queued step `step_pk` of the run, if it is ready (its retry delay is over)."""
+    now = timezone.now()
+    for step in QUEUED_STEP(step_pk):
+        if step.run_id == run_pk and (step.not_before is None or step.not_before <= now):
+            return step
+    return None
+
+
 @transaction.atomic
 @_events_batched
 def step_claim(
@@ -92,12 +116,12 @@ def step_claim(
     """Claims a ready step of the run for `worker`: the step `prefer` if it is still queued,
     else the first ready one. With `siblings`, also up to that many ready shell siblings of
     a parallel group (`_claim_siblings`). Returns [] when there is nothing to do."""
-    ready = _ready_steps(run_pk)
     if prefer:
         # Usually the step the message was sent for is still there: one read, not nine.
-        step = ready.filter(pk=prefer).first()
+        step = _preferred(run_pk, prefer)
         if step is not None and _claim(step, worker):
             return [step, *_claim_siblings(step, worker, siblings)]
+    ready = _ready_steps(run_pk)
     for step in ready.exclude(pk=prefer)[:8] if prefer else ready[:8]:
         if _claim(step, worker):
             return [step, *_claim_siblings(step, worker, siblings)]
@@ -214,6 +238,7 @@ class Finish:
     siblings: list[Step] = field(default_factory=list)
     # The steps after `next_step` in its sequential group, for its own step_finish.
     upcoming: list[Step] | None = None
+    run_ended: bool = False  # the run is over: nothing of it is left to claim
 
     @property
     def claimed(self) -> list[Step]:
@@ -474,6 +499,8 @@ def _plain_success(run: Run, step: Step) -> bool:
 
 def _following_siblings(run: Run, step: Step) -> list[Step]:
     """The siblings after `step`, in order, while a plan would start them one by one."""
+    if step.key in version_last_steps(run.version):
+        return []  # the definition says no sibling follows: no need to look
     rows = (
         Step.objects.filter(run_id=run.pk, parent_id=step.parent_id, position__gt=step.position)
         .select_related("parent")
@@ -541,6 +568,8 @@ def step_finish_many(
 def _advance_and_hold(run: Run, worker: str, siblings: int = 0) -> Finish:
     """Plans the run (locked by the caller) and claims its first ready step for `worker`."""
     advance = run_advance(run=run, hold_first=True, locked=True)
+    if run.is_terminal:
+        return Finish(run_ended=True)
     if advance.queued:
         # Queued by this very plan under the run lock: the row is as `steps` says.
         held = advance.steps[advance.queued[0]]

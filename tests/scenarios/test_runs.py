@@ -4,15 +4,18 @@ import itertools
 import json
 import os
 import threading
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from config.errors import Conflict, ValidationFailed
+from runs import runner
 from runs.models import Artifact, LogEntry, LogLevel, Run, RunEvent, StepAttempt
-from runs.services import run_cancel, run_create, run_retry
+from runs.services import StepResult, run_cancel, run_create, run_retry, step_claim, step_finish
 from tests.conftest import drain, wait_for
 
 
@@ -753,8 +756,6 @@ def test_sequential_steps_and_groups_run_in_order_with_every_event(make_runbook)
 def test_a_stale_upcoming_step_is_checked_not_trusted(make_runbook):
     # Finish.upcoming carries the next sequential steps from one finish to the next; the
     # claim's compare-and-swap decides, and a step that moved meanwhile goes through a plan.
-    from runs.services import StepResult, step_claim, step_finish
-
     runbook = make_runbook(
         "slug: hint\nname: Hint\nsteps: [{id: a, shell: 'true'}, {id: b, shell: 'true'},"
         " {id: c, shell: 'true'}]"
@@ -774,3 +775,46 @@ def test_a_stale_upcoming_step_is_checked_not_trusted(make_runbook):
     run.refresh_from_db()
     assert run.status == "succeeded"
     assert not RunEvent.objects.filter(step__key="c", run=run).exists()
+
+
+def test_a_worker_stops_claiming_once_its_run_has_ended(make_runbook, monkeypatch):
+    # The finish that ends the run says so: a claim after it could find nothing, and on
+    # SQLite it would take the write lock to find that out.
+    runbook = make_runbook("slug: one\nname: One\nsteps: [{id: a, shell: 'true'}]")
+    run = start(runbook)
+    claims = []
+    monkeypatch.setattr(
+        runner.services, "step_claim", lambda **kw: claims.append(kw) or step_claim(**kw)
+    )
+    assert runner.work(run.pk, run.steps.get().pk) == 1
+    assert len(claims) == 1
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+
+    two = start(
+        make_runbook(
+            "slug: two\nname: Two\nsteps: [{id: a, shell: 'true'}, {id: b, shell: 'true'}]"
+        )
+    )
+    [a] = step_claim(run_pk=two.pk, worker="w1")
+    first = step_finish(step=a, worker="w1", result=StepResult(status="succeeded"))
+    assert (first.next_step.key, first.run_ended) == ("b", False)
+    last = step_finish(step=first.next_step, worker="w1", result=StepResult(status="failed"))
+    assert (last.next_step, last.run_ended) == (None, True)
+
+
+def test_a_message_claims_only_its_own_runs_step_once_it_is_due(make_runbook):
+    runbook = make_runbook("slug: due\nname: Due\nsteps: [{id: a, shell: 'true'}]")
+    mine, other = start(runbook), start(runbook)
+    others_step = other.steps.get()
+    [claimed] = step_claim(run_pk=mine.pk, worker="w1", prefer=others_step.pk)
+    assert claimed.run_id == mine.pk
+    others_step.refresh_from_db()
+    assert others_step.status == "queued"
+
+    later = timezone.now() + timedelta(hours=1)
+    other.steps.update(not_before=later)
+    assert step_claim(run_pk=other.pk, worker="w1", prefer=others_step.pk) == []
+    other.steps.update(not_before=timezone.now() - timedelta(seconds=1))
+    [due] = step_claim(run_pk=other.pk, worker="w1", prefer=others_step.pk)
+    assert (due.pk, due.status, due.run.pk) == (others_step.pk, "running", other.pk)
