@@ -29,11 +29,35 @@ def _leaf_counts(steps: QuerySet[Step]) -> QuerySet:
     return steps.leaves().values_list("run_id", "status").annotate(n=Count("id")).order_by()
 
 
-# Every list page, run page and `GET /runs/{n}` counts steps: prepared, for pages of up to
-# PREPARED_PAGE runs (the API's largest page).
+def _current_steps(run_ids: list[int]) -> QuerySet:
+    """(run id, number) of the running and waiting leaf steps of the runs, in outline order."""
+    return (
+        Step.objects.leaves()
+        .filter(run_id__in=run_ids, status__in=[StepStatus.RUNNING, StepStatus.WAITING])
+        .order_by("position")
+        .values_list("run_id", "number")
+    )
+
+
+def _open_approvals(run_ids: list[int]) -> QuerySet[Approval]:
+    return (
+        Approval.objects.pending()
+        .filter(run_id__in=run_ids)
+        .select_related("step")
+        .annotate(approve_count=Count("decisions", filter=Q(decisions__verdict="approve")))
+        .order_by("opened_at")
+    )
+
+
+# Every list page, run page and `GET /runs/{n}` reads these: prepared, for pages of up to
+# PREPARED_PAGE runs (the API's largest page). An active run's page, and the answer to every
+# `POST /runs`, reads all three.
+PROBE = -918_273_645
 LEAF_COUNTS = PreparedQuery(
-    lambda run_ids: _leaf_counts(Step.objects.filter(run_id__in=run_ids)), probe=-918_273_645
+    lambda run_ids: _leaf_counts(Step.objects.filter(run_id__in=run_ids)), probe=PROBE
 )
+CURRENT_STEPS = PreparedQuery(_current_steps, probe=PROBE)
+OPEN_APPROVALS = PreparedQuery(_open_approvals, probe=PROBE)
 PREPARED_PAGE = 100
 
 
@@ -54,24 +78,12 @@ def run_summaries(runs: Iterable[Run]) -> list[Run]:
         )
         for run_id, status, n in rows:
             counts[run_id][status] = n
-    if active_pks:
-        active = (
-            Step.objects.leaves()
-            .filter(run_id__in=active_pks, status__in=[StepStatus.RUNNING, StepStatus.WAITING])
-            .order_by("position")
-            .values_list("run_id", "number")
-        )
-        for run_id, number in active:
-            current[run_id].append(number)
     open_approvals: dict[int, Approval] = {}
     if active_pks:
-        for approval in (
-            Approval.objects.pending()
-            .filter(run_id__in=active_pks)
-            .select_related("step")
-            .annotate(approve_count=Count("decisions", filter=Q(decisions__verdict="approve")))
-            .order_by("opened_at")
-        ):
+        few = len(active_pks) <= PREPARED_PAGE
+        for run_id, number in CURRENT_STEPS(active_pks) if few else _current_steps(active_pks):
+            current[run_id].append(number)
+        for approval in OPEN_APPROVALS(active_pks) if few else _open_approvals(active_pks):
             open_approvals.setdefault(approval.run_id, approval)
     for run in runs:
         run.open_approval = open_approvals.get(run.pk)

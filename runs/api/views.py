@@ -85,6 +85,18 @@ def _shown_run_or_404(number: int | str) -> Run:
     return runs[0]
 
 
+# `POST /runs` names its runbook by slug: the runbook with its latest version in one prepared
+# query. The version's definition comes from version_definition's cache, not this row.
+RUNBOOK_TO_RUN = PreparedQuery(
+    lambda slug: (
+        Runbook.objects.filter(slug=slug)
+        .select_related("latest_version")
+        .defer(*(f"latest_version__{name}" for name in services.VERSION_HEAVY))
+    ),
+    probe="\x00probe",
+)
+
+
 def _run_or_404(number: Any, runs: QuerySet[Run] | None = None) -> Run:
     try:
         return (selectors.run_list() if runs is None else runs).get(pk=int(number))
@@ -128,7 +140,7 @@ class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
     def create(self, request: Request) -> Response:
         data = RunCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        runbook = Runbook.objects.filter(slug=data.validated_data["runbook"]).first()
+        runbook = next(iter(RUNBOOK_TO_RUN(data.validated_data["runbook"])), None)
         if runbook is None:
             raise ValidationFailed(
                 "No such runbook.",

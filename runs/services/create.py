@@ -135,7 +135,9 @@ def _run_insert(run: Run, definition: Any, reuse_from: Run | None) -> None:
     _create_steps(run, definition)
     if reuse_from is not None:
         _reuse_succeeded_steps(run, reuse_from)
-    run_advance(run=run)
+    # Inserted by this transaction: nobody else can see the row, let alone hold it, and
+    # `run` is exactly what was written. No need to lock and read it again.
+    run_advance(run=run, locked=True)
 
 
 def _reuse_succeeded_steps(run: Run, source: Run) -> None:

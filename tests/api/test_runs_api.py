@@ -710,6 +710,42 @@ def test_run_output_matches_drfs_own_serialization_in_every_state(
                 assert serializer.data == want, (zone, run.status)
 
 
+def test_run_summaries_read_the_same_whether_prepared_or_not(
+    finished, deploy, start_run, operator, make_runbook, monkeypatch
+):
+    # Pages of up to PREPARED_PAGE runs use prepared queries, larger ones the plain ORM.
+    from approvals.services import approval_decide
+    from runs import selectors
+    from runs.api.views import _shown
+    from tests.approvals.test_approvals import GATED, waiting_run
+
+    running = start_run(deploy, user=operator)
+    services.step_claim(run_pk=running.pk, worker="w1")
+    queued = start_run(deploy, user=operator)
+    gate = GATED.replace("REQUIRED", "2").replace("SELF", "false")
+    waiting, approval = waiting_run(make_runbook(gate), operator)
+    approval_decide(approval=approval, user=make_user("alice", "operator"), approve=True)
+    numbers = [run.pk for run in (finished, running, queued, waiting)]
+
+    def summaries():
+        return {
+            run.pk: (
+                run.step_counts,
+                run.current_steps,
+                run.open_approval and (run.open_approval.pk, run.open_approval.approve_count),
+                run.open_approval and run.open_approval.step.key,
+            )
+            for run in selectors.run_summaries(_shown().filter(pk__in=numbers))
+        }
+
+    prepared = summaries()
+    monkeypatch.setattr(selectors, "PREPARED_PAGE", 0)
+    assert summaries() == prepared
+    assert prepared[running.pk][1] == ["1"] and prepared[queued.pk][1] == []
+    assert prepared[waiting.pk][2] == (approval.pk, 1)
+    assert prepared[finished.pk][0]["succeeded"] == prepared[finished.pk][0]["total"] > 0
+
+
 def test_finished_run_detail_takes_four_queries(api, finished):
     api.get(f"/api/v1/runs/{finished.number}")  # first use of the token records last_used_at
     with CaptureQueriesContext(connection) as queries:
