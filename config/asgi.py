@@ -13,6 +13,7 @@ connections, so PostgreSQL sees clean logouts rather than dropped sockets.
 """
 
 import asyncio
+import gc
 import io
 import json
 import os
@@ -27,7 +28,7 @@ from django.conf import settings
 from django.core.asgi import get_asgi_application
 from django.core.wsgi import get_wsgi_application
 from django.db import connections
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, get_resolver, resolve
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -257,10 +258,24 @@ def build_application(threads: int) -> ASGIApp:
     return application
 
 
+def settle() -> None:
+    """Imports every view, then moves what the process holds by now (modules, classes, URL
+    patterns: about 150,000 objects) out of the garbage collector's sight with gc.freeze().
+
+    Python's oldest-generation collection walks every tracked object: with all of that in it,
+    each one stopped the process for 50-75 ms, which a request that arrived meanwhile waited
+    out. Frozen, it walks only what requests have left behind (a few ms). Nothing frozen is
+    garbage: it lives as long as the process."""
+    get_resolver().url_patterns  # noqa: B018 - the property imports every URLconf and view
+    gc.collect()
+    gc.freeze()
+
+
 async def lifespan(receive: Callable, send: Callable, sync_views: SyncViews) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            settle()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await asyncio.to_thread(sync_views.close_connections)

@@ -2,6 +2,7 @@
 views (the live log streams) on Django's ASGI handler."""
 
 import asyncio
+import gc
 import hashlib
 import os
 import threading
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+import pytest
 from django.core.files.base import ContentFile
 from django.core.signals import request_started
 from django.db.backends.signals import connection_created
@@ -68,6 +70,21 @@ def shut_down(app) -> list[dict]:
         return replies
 
     return asyncio.run(go())
+
+
+@pytest.fixture(autouse=True)
+def unfreeze() -> Iterator[None]:
+    """The lifespan startup freezes the heap (config.asgi.settle): not the test process's."""
+    yield
+    gc.unfreeze()
+
+
+def test_startup_freezes_the_loaded_heap_for_the_collector(db):
+    gc.unfreeze()
+    replies = shut_down(build_application(threads=1))
+    assert replies[0]["type"] == "lifespan.startup.complete"
+    # Every module, class and URL pattern is in it: tens of thousands of objects.
+    assert gc.get_freeze_count() > 10_000
 
 
 def test_api_requests_reuse_their_threads_connections_and_shutdown_closes_them(
