@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from django.db import connections
 from django.db.models import QuerySet
 
 T = TypeVar("T")
@@ -34,7 +35,8 @@ class PreparedQuery(Generic[T]):
     With an int probe the value may also be a list of ints (for `__in`): the SQL differs with
     the list's length, so it is compiled once per length, with `probe`, `probe - 1`, ... in
     place of the values.
-    Each thread compiles its own copy, since a compiler holds its thread's connection.
+    Each thread compiles its own copy, since a compiler holds its thread's connection, and
+    compiles again if the thread's connection is no longer that one.
     """
 
     def __init__(self, build: Callable[[Any], QuerySet[Any, T]], probe: int | str) -> None:
@@ -51,7 +53,10 @@ class PreparedQuery(Generic[T]):
             states = self.local.states = {}
         key = len(value) if many else None
         state = states.get(key)
-        if state is None:
+        if state is None or state[1].connection is not connections[state[1].using]:
+            # First use in this thread, or the thread's connection is another object now
+            # (asgiref keeps Django's connections per context, and tests swap them): the
+            # compiler would still run on the old one, which cannot see this transaction.
             probe = [self.probe - i for i in range(key)] if many else self.probe
             state = states[key] = self.compile(probe)
         queryset, compiler, sql, params, positions = state

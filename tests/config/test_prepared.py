@@ -3,7 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.db.models import Count
 from django.test.utils import CaptureQueriesContext
 
@@ -137,3 +137,22 @@ def test_each_thread_compiles_its_own(make_runbook, start_run):
         results = list(pool.map(titles, range(4)))
     for offset, got in enumerate(results):
         assert got == [f"run {(offset + i) % 4}" for i in range(20)]
+
+
+def test_a_thread_whose_connection_changed_runs_on_its_new_one(transactional_db, make_runbook):
+    # asgiref keeps Django's connections per context, so one thread can move to another
+    # connection object; a compiler kept from the old one would not see the new one's writes.
+    runbook = make_runbook(TWO_STEPS)
+    prepared = PreparedQuery(lambda title: Run.objects.filter(title=title), probe="probe")
+    assert prepared("unseen") == []
+    old = connections["default"]
+    new = connections.create_connection("default")
+    connections["default"] = new
+    try:
+        with transaction.atomic():
+            Run.objects.create(runbook=runbook, version=runbook.latest_version, title="unseen")
+            assert [run.title for run in prepared("unseen")] == ["unseen"]
+            assert prepared.local.states[None][1].connection is new
+    finally:
+        connections["default"] = old
+        new.close()
