@@ -25,13 +25,16 @@ from django.db import connections
 from django.db.models import QuerySet
 
 T = TypeVar("T")
+# The default probe: an int key that no row has and no query of ours uses as a constant.
+KEY_PROBE = -918_273_645
 
 
 class PreparedQuery(Generic[T]):
     """`build(value)` returns the QuerySet for one value; `query(value)` runs it.
 
-    `probe` stands for the value while compiling: of the type the database column takes
-    (an int for a key, a str for a text column) and unlike any other parameter of the query.
+    `probe` stands for the value while compiling (KEY_PROBE by default, for int keys): of the
+    type the database column takes (an int for a key, a str for a text column) and unlike any
+    other parameter of the query.
     With an int probe the value may also be a list of ints (for `__in`): the SQL differs with
     the list's length, so it is compiled once per length, with `probe`, `probe - 1`, ... in
     place of the values.
@@ -39,7 +42,9 @@ class PreparedQuery(Generic[T]):
     compiles again if the thread's connection is no longer that one.
     """
 
-    def __init__(self, build: Callable[[Any], QuerySet[Any, T]], probe: int | str) -> None:
+    def __init__(
+        self, build: Callable[[Any], QuerySet[Any, T]], probe: int | str = KEY_PROBE
+    ) -> None:
         self.build = build
         self.probe = probe
         self.local = threading.local()

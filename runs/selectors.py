@@ -52,12 +52,9 @@ def _open_approvals(run_ids: list[int]) -> QuerySet[Approval]:
 # Every list page, run page and `GET /runs/{n}` reads these: prepared, for pages of up to
 # PREPARED_PAGE runs (the API's largest page). An active run's page, and the answer to every
 # `POST /runs`, reads all three.
-PROBE = -918_273_645
-LEAF_COUNTS = PreparedQuery(
-    lambda run_ids: _leaf_counts(Step.objects.filter(run_id__in=run_ids)), probe=PROBE
-)
-CURRENT_STEPS = PreparedQuery(_current_steps, probe=PROBE)
-OPEN_APPROVALS = PreparedQuery(_open_approvals, probe=PROBE)
+LEAF_COUNTS = PreparedQuery(lambda run_ids: _leaf_counts(Step.objects.filter(run_id__in=run_ids)))
+CURRENT_STEPS = PreparedQuery(_current_steps)
+OPEN_APPROVALS = PreparedQuery(_open_approvals)
 PREPARED_PAGE = 100
 
 

@@ -8,7 +8,6 @@ from config.prepared import PreparedQuery
 ROLES = ("viewer", "operator", "author")
 GROUP_NAMES = PreparedQuery(
     lambda user_id: Group.objects.filter(user=user_id).values_list("name", flat=True),
-    probe=-918_273_645,
 )
 
 

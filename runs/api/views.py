@@ -71,7 +71,7 @@ def _shown() -> QuerySet[Run]:
 
 
 # `GET /runs/{n}` is the API's busiest call (scripts poll it), so its query is prepared.
-SHOWN_RUN = PreparedQuery(lambda number: _shown().filter(pk=number), probe=-918_273_645)
+SHOWN_RUN = PreparedQuery(lambda number: _shown().filter(pk=number))
 LARGEST_NUMBER = 2**63 - 1  # a run number is a 64-bit key; a larger one names no run
 
 

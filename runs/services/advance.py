@@ -26,7 +26,7 @@ from runs.state import (
 
 # Every plan reads all of a run's steps: prepared (config/prepared.py), so that Django does
 # not compile the query again for each step.
-RUN_STEPS = PreparedQuery(lambda pk: Step.objects.filter(run_id=pk), probe=-918_273_645)
+RUN_STEPS = PreparedQuery(lambda pk: Step.objects.filter(run_id=pk))
 
 
 def _nodes(run: Run) -> tuple[list[engine.Node], dict[int, Step]]:
@@ -104,7 +104,6 @@ RUN_MUTABLE = ("status", "started_at", "finished_at", "outputs", "error", "cance
 # `_relock`'s read, which every step's finish makes: prepared like RUN_STEPS.
 RUN_MUTABLE_FIELDS = PreparedQuery(
     lambda pk: Run.objects.select_for_update().filter(pk=pk).values(*RUN_MUTABLE),
-    probe=-918_273_645,
 )
 
 

@@ -95,7 +95,6 @@ QUEUED_STEP = PreparedQuery(
         .select_related("run__created_by", "run__version")
         .defer(*(f"run__version__{name}" for name in VERSION_HEAVY))
     ),
-    probe=-918_273_645,
 )
 
 
