@@ -73,6 +73,9 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         wait = int(exc.wait or 1)
         body = error_body(code, f"Too many requests; try again in {wait} seconds.", {})
         response["Retry-After"] = str(wait)
+    elif isinstance(exc, exceptions.UnsupportedMediaType):
+        accepted = " or ".join(parser.media_type for parser in context["request"].parsers)
+        body = error_body(code, f"{exc.detail} This endpoint takes {accepted}.", {})
     else:
         detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
         body = error_body(code, str(detail) if not isinstance(detail, dict | list) else code, {})

@@ -123,6 +123,17 @@ def test_start_run_rejects_a_body_without_runbook(api, deploy):
     assert "runbook" in response.json()["details"]
 
 
+def test_start_run_refuses_a_yaml_body_saying_what_it_takes(api, deploy):
+    # Only runbooks are written in YAML; elsewhere a YAML body is the wrong media type, not
+    # an invalid JSON object.
+    response = api.post("/api/v1/runs", "runbook: deploy", content_type="application/yaml")
+
+    assert response.status_code == 415
+    assert response.json()["error"] == "unsupported-media-type"
+    assert response.json()["message"].endswith("This endpoint takes application/json.")
+    assert not Run.objects.exists()
+
+
 def test_start_run_of_unknown_runbook_is_rejected(api, deploy):
     response = api.post("/api/v1/runs", {"runbook": "nope"}, format="json")
     assert response.status_code == 400
