@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["DURATION_FORMS", "format_duration", "parse_duration"]
+__all__ = ["DURATION_FORMS", "DURATION_PATTERN", "format_duration", "parse_duration"]
 
 #: Shown in every error so a person can fix the value without looking up the docs.
 DURATION_FORMS = "a number of seconds (30, 1.5) or a number with a unit: 500ms, 10s, 5m, 2h"
@@ -20,6 +20,10 @@ _NUMBER = r"\d+(?:\.\d+)?|\.\d+"
 _PLAIN = re.compile(rf"(?:{_NUMBER})")
 # "1h30m" and "2m 5s" are accepted too, so that what format_duration prints parses back.
 _PART = re.compile(rf"\s*({_NUMBER})\s*(ms|s|m|h)\s*")
+#: The string forms parse_duration takes, as a JSON Schema pattern (the API's schema says it;
+#: it cannot say that each unit is used once).
+_UNIT = "(?:[mM][sS]|[sSmMhH])"
+DURATION_PATTERN = rf"^\s*(?:{_NUMBER}|(?:(?:{_NUMBER})\s*{_UNIT}\s*)+)$"
 
 
 def parse_duration(value: object) -> float:

@@ -33,12 +33,13 @@ from pydantic import (
     JsonValue,
     Tag,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from runbooks.durations import parse_duration
+from runbooks.durations import DURATION_PATTERN, parse_duration
 from runbooks.params import ParamSpec, located_error
 
 __all__ = [
@@ -180,19 +181,46 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
-Slug = Annotated[str, AfterValidator(_check_slug)]
-StepId = Annotated[str, AfterValidator(_check_step_id)]
+# Each type's JSON schema (the API's OpenAPI document) says in a pattern what its check
+# enforces, where a pattern can; Template and Expression syntax cannot be.
+Slug = Annotated[
+    str,
+    AfterValidator(_check_slug),
+    WithJsonSchema({"type": "string", "pattern": f"^{_SLUG.pattern}$"}),
+]
+StepId = Annotated[
+    str,
+    AfterValidator(_check_step_id),
+    WithJsonSchema({"type": "string", "pattern": f"^{_STEP_ID.pattern}$"}),
+]
 EnvName = Annotated[str, AfterValidator(_check_env_name)]
-NonBlank = Annotated[str, AfterValidator(_check_not_blank)]
+_NON_BLANK_SCHEMA = WithJsonSchema({"type": "string", "pattern": r"\S"})
+NonBlank = Annotated[str, AfterValidator(_check_not_blank), _NON_BLANK_SCHEMA]
 #: A string rendered with Jinja2 at run time; its syntax is checked when the version is saved.
 Template = Annotated[str, AfterValidator(_check_template)]
-NonBlankTemplate = Annotated[str, AfterValidator(_check_not_blank), AfterValidator(_check_template)]
+NonBlankTemplate = Annotated[
+    str, AfterValidator(_check_not_blank), AfterValidator(_check_template), _NON_BLANK_SCHEMA
+]
 #: A Jinja2 expression (no braces), as in `if: "steps.check.status == 'succeeded'"`.
 Expression = Annotated[
-    str, BeforeValidator(_expression_from_bool), AfterValidator(_check_expression)
+    str,
+    BeforeValidator(_expression_from_bool),
+    AfterValidator(_check_expression),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"\S"}, {"type": "boolean"}]}),
 ]
 #: Written as "30s", "5m", 500ms or a number of seconds; held as float seconds.
-Duration = Annotated[float, BeforeValidator(_to_seconds)]
+Duration = Annotated[
+    float,
+    BeforeValidator(_to_seconds),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": DURATION_PATTERN},
+            ]
+        }
+    ),
+]
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 StatusCode = Annotated[int, Field(ge=100, le=599)]
 
@@ -225,7 +253,12 @@ def _retries_shorthand(value: object) -> object:
     return value
 
 
-RetriesField = Annotated[Retries | None, BeforeValidator(_retries_shorthand)]
+RetriesField = Annotated[
+    Retries | None,
+    BeforeValidator(
+        _retries_shorthand, json_schema_input_type=Annotated[int, Field(ge=0)] | Retries | None
+    ),
+]
 
 
 # --- Steps ----------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
-"""Shared OpenAPI pieces: the error body every endpoint may answer with."""
+"""Shared OpenAPI pieces: the error body every endpoint may answer with, the bearer token
+scheme, and request bodies described by pydantic models."""
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
+from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
@@ -30,3 +34,68 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer", "description": "An API token (sw_...)."}
+
+
+class PydanticBody(OpenApiSerializerExtension):
+    """A pydantic model in `@extend_schema(request=...)`, as the JSON schema of what it
+    accepts (pydantic's validation mode), written in OpenAPI 3.0.
+
+    drf-spectacular's own pydantic extension, which this replaces (a higher priority),
+    describes a model's serialized output: for a request body that loses what only input
+    may say (a duration as "5m", a step-level approval timeout), and it leaves pydantic's
+    JSON Schema constructs that OpenAPI 3.0 lacks ({"type": "null"}, `const`) as they are.
+    """
+
+    target_class = "pydantic.BaseModel"
+    match_subclasses = True
+    priority = 1
+
+    def get_name(self, auto_schema, direction):
+        return self.target.__name__
+
+    def map_serializer(self, auto_schema, direction):
+        mode = "validation" if direction == "request" else "serialization"
+        schema = self.target.model_json_schema(
+            mode=mode, ref_template="#/components/schemas/{model}"
+        )
+        for name, definition in schema.pop("$defs", {}).items():
+            component = ResolvedComponent(
+                name=name, type=ResolvedComponent.SCHEMA, object=name, schema=openapi_30(definition)
+            )
+            auto_schema.registry.register_on_missing(component)
+        return openapi_30(schema)
+
+
+def openapi_30(schema: Any) -> Any:
+    """A pydantic JSON schema in OpenAPI 3.0's dialect: `anyOf` with {"type": "null"} becomes
+    `nullable`, `const` a one-value `enum`, and pydantic's generated titles ("Continue On
+    Error") are dropped. Written here because neither pydantic nor drf-spectacular converts
+    to 3.0."""
+    if isinstance(schema, list):
+        return [openapi_30(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    converted: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "title" and isinstance(value, str):
+            continue
+        if key == "properties":
+            converted[key] = {name: openapi_30(field) for name, field in value.items()}
+        elif key in ("default", "enum", "example"):
+            converted[key] = value  # values, not schemas
+        else:
+            converted[key] = openapi_30(value)
+    if "const" in converted:
+        converted["enum"] = [converted.pop("const")]
+    options = converted.get("anyOf")
+    if options and {"type": "null"} in options:
+        rest = [option for option in options if option != {"type": "null"}]
+        del converted["anyOf"]
+        if len(rest) == 1 and "$ref" not in rest[0]:
+            converted = {**rest[0], **converted}
+        elif len(rest) == 1:
+            converted["allOf"] = rest
+        else:
+            converted["anyOf"] = rest
+        converted["nullable"] = True
+    return converted

@@ -71,7 +71,9 @@ class RunbookDetailOutput(RunbookOutput):
         return [param.model_dump(mode="json", exclude_none=True) for param in definition.params]
 
 
-DEFINITION_BODY = {"application/json": OpenApiTypes.OBJECT, "application/yaml": OpenApiTypes.STR}
+# The definition as JSON is described by its pydantic model (config.api.schema.PydanticBody);
+# as YAML it is the text of a runbook file.
+DEFINITION_BODY = {"application/json": RunbookDefinition, "application/yaml": OpenApiTypes.STR}
 
 
 def _definition(request: Request) -> tuple[RunbookDefinition, str]:

@@ -1,8 +1,16 @@
 """The OpenAPI schema at /api/schema/: valid, and true to what the endpoints accept."""
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import yaml
 from drf_spectacular.validation import validate_schema
+from jsonschema import Draft7Validator
+
+from runbooks.schema import DefinitionError, parse_definition
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture
@@ -24,3 +32,68 @@ def test_only_runbooks_are_documented_as_taking_yaml(schema):
         if "application/yaml" in operation.get("requestBody", {}).get("content", {})
     }
     assert takes_yaml == {"POST /api/v1/runbooks", "PUT /api/v1/runbooks/{slug}"}
+
+
+def _json_schema(node: Any) -> Any:
+    """An OpenAPI 3.0 schema as plain JSON Schema, for jsonschema: `nullable` as a null type."""
+    if isinstance(node, list):
+        return [_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _json_schema(value) for key, value in node.items() if key != "nullable"}
+    if node.get("nullable"):
+        return {"anyOf": [converted, {"type": "null"}]}
+    return converted
+
+
+@pytest.fixture
+def definition_validator(schema) -> Draft7Validator:
+    """Validates a runbook definition against the schema of POST /runbooks' JSON body."""
+    body = schema["paths"]["/api/v1/runbooks"]["post"]["requestBody"]["content"]
+    document = {
+        "components": _json_schema(schema["components"]),
+        **body["application/json"]["schema"],
+    }
+    return Draft7Validator(document)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_example_runbook_fits_the_definition_schema(definition_validator, path):
+    errors = list(definition_validator.iter_errors(yaml.safe_load(path.read_text())))
+    assert not errors, [f"{list(error.absolute_path)}: {error.message}" for error in errors]
+
+
+def test_the_definition_schema_takes_the_short_forms_a_runbook_may_use(definition_validator):
+    definition = {
+        "slug": "short-forms",
+        "name": "Short forms",
+        "timeout": "1h 30m",
+        "steps": [
+            {"id": "wait", "sleep": "500ms", "if": False, "retries": 3},
+            {"id": "gate", "approval": {"message": "Go?", "approvers": {"users": ["ann"]}}},
+        ],
+    }
+    assert definition_validator.is_valid(definition)
+    assert parse_definition(definition)  # and the API takes them too
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"slug": "Not A Slug"}, ["slug"]),
+        ({"name": "  "}, ["name"]),
+        ({"timeout": "5 minutes"}, ["timeout"]),
+        ({"steps": [{"id": "1st", "shell": "true"}]}, ["steps", 0]),
+        ({"steps": [{"id": "a", "shell": "true", "retries": -1}]}, ["steps", 0]),
+        ({"steps": []}, ["steps"]),
+        ({"colour": "blue"}, []),
+    ],
+)
+def test_the_definition_schema_refuses_what_the_api_refuses(definition_validator, change, path):
+    definition = {"slug": "ok", "name": "OK", "steps": [{"id": "a", "shell": "true"}], **change}
+
+    errors = list(definition_validator.iter_errors(definition))
+
+    assert errors and all(list(error.absolute_path)[: len(path)] == path for error in errors)
+    with pytest.raises(DefinitionError):
+        parse_definition(definition)
