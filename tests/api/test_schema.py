@@ -34,6 +34,19 @@ def test_only_runbooks_are_documented_as_taking_yaml(schema):
     assert takes_yaml == {"POST /api/v1/runbooks", "PUT /api/v1/runbooks/{slug}"}
 
 
+def test_every_operation_that_takes_a_body_documents_its_413_and_415(schema):
+    with_body = [
+        (path, method, operation["responses"])
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+    ]
+    assert len(with_body) > 5
+    for path, method, responses in with_body:
+        assert responses["413"]["description"] == "bad-request", (method, path)
+        assert responses["415"]["description"] == "unsupported-media-type", (method, path)
+
+
 def _json_schema(node: Any) -> Any:
     """An OpenAPI 3.0 schema as plain JSON Schema, for jsonschema: `nullable` as a null type."""
     if isinstance(node, list):
