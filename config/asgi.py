@@ -37,6 +37,10 @@ ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 # endpoint takes more (runbook YAML, run params), and a larger one is refused before it is
 # read into memory, so many large requests at once cannot exhaust it.
 MAX_BODY = settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2_621_440
+# What a process holds of request bodies at once, from their first byte read to the end of
+# their response: without a bound, many clients sending large bodies slowly (before anything
+# authenticates them) could fill its memory. Over it, a request is refused with 503.
+MAX_BUFFERED = 25 * MAX_BODY
 
 
 class SyncViews:
@@ -60,15 +64,27 @@ class SyncViews:
         self.handler = get_wsgi_application()
         self.threads = threads
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="django")
+        self.buffered = BodyBudget()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         try:
-            body = await _read_body(scope, receive)
+            body = await _read_body(scope, receive, self.buffered)
         except BodyTooLarge:
-            await _send_too_large(send)
+            await _send_error(
+                send, 413, "bad-request", f"The request body is over {MAX_BODY:,} bytes."
+            )
+            return
+        except ServerBusy:
+            await _send_error(send, 503, "unavailable", BUSY_MESSAGE, retry_after=1)
             return
         if body is None:  # the client went away
             return
+        try:
+            await self._serve(scope, receive, send, body)
+        finally:
+            self.buffered.release(len(body))
+
+    async def _serve(self, scope: dict, receive: Callable, send: Callable, body: bytes) -> None:
         environ = build_environ(scope, io.BytesIO(body))
         environ["CONTENT_LENGTH"] = str(len(body))  # also for a chunked body
         loop = asyncio.get_running_loop()
@@ -198,33 +214,72 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def _read_body(scope: dict, receive: Callable) -> bytes | None:
+class ServerBusy(Exception):
+    pass
+
+
+BUSY_MESSAGE = "The server is holding too many request bodies; try again in a moment."
+
+
+class BodyBudget:
+    """Bytes of request bodies a process holds, against MAX_BUFFERED. Only the event loop's
+    thread uses it, so it needs no lock."""
+
+    def __init__(self) -> None:
+        self.held = 0
+
+    def fits(self, size: int) -> bool:
+        return self.held + size <= MAX_BUFFERED
+
+    def take(self, size: int) -> None:
+        if not self.fits(size):
+            raise ServerBusy
+        self.held += size
+
+    def release(self, size: int) -> None:
+        self.held -= size
+
+
+async def _read_body(scope: dict, receive: Callable, budget: BodyBudget) -> bytes | None:
     """The request body, or None if the client went away. A body over MAX_BODY (as its
-    Content-Length says, or as it arrives) is refused before it is read into memory."""
+    Content-Length says, or as it arrives) is refused before it is read into memory, and
+    so is one that would take the process over MAX_BUFFERED (ServerBusy). What is returned
+    stays taken from `budget` until the caller releases it."""
     for name, value in scope.get("headers", ()):
-        if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY:
-            raise BodyTooLarge
+        if name == b"content-length" and value.isdigit():
+            if int(value) > MAX_BODY:
+                raise BodyTooLarge
+            if not budget.fits(int(value)):
+                raise ServerBusy
     parts, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        parts.append(message.get("body", b""))
-        size += len(parts[-1])
-        if size > MAX_BODY:
-            raise BodyTooLarge
-        if not message.get("more_body", False):
-            return b"".join(parts)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                budget.release(size)
+                return None
+            chunk = message.get("body", b"")
+            if size + len(chunk) > MAX_BODY:
+                raise BodyTooLarge
+            budget.take(len(chunk))
+            parts.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+    except BaseException:  # refused, or the task was cancelled: nothing is held any more
+        budget.release(size)
+        raise
 
 
-async def _send_too_large(send: Callable) -> None:
-    body = {
-        "error": "bad-request",
-        "message": f"The request body is over {MAX_BODY:,} bytes.",
-        "details": {},
-    }
+async def _send_error(
+    send: Callable, status: int, code: str, message: str, *, retry_after: int | None = None
+) -> None:
+    """The API's error body, sent before Django sees the request."""
+    body = {"error": code, "message": message, "details": {}}
     headers = [(b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 

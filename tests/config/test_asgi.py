@@ -4,6 +4,7 @@ views (the live log streams) on Django's ASGI handler."""
 import asyncio
 import gc
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -263,3 +264,73 @@ def test_a_body_over_the_limit_is_refused_before_django_sees_it(db, monkeypatch)
         "details": {},
     }
     assert started == []
+
+
+def test_bodies_held_at_once_are_bounded_and_released_when_answered(db, monkeypatch):
+    """A process refuses (503) a body that would take what it holds of request bodies over
+    MAX_BUFFERED, so slow senders cannot fill its memory; what an answered request held is
+    free again, as is what a client that went away had sent."""
+    monkeypatch.setattr(config.asgi, "MAX_BUFFERED", 1000)
+    app = build_application(threads=1)
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/tokens",
+        "raw_path": b"/api/v1/tokens",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+    }
+
+    async def post(
+        chunks: list[bytes], *, hold: asyncio.Event | None = None, then_leave: bool = False
+    ) -> list[dict]:
+        """Sends `chunks`, the last only once `hold` is set, or goes away after them if
+        `then_leave`; returns what the app answered."""
+        sent: list[dict] = []
+        pending = list(chunks)
+
+        async def receive() -> dict:
+            if pending:
+                if len(pending) == 1 and hold is not None:
+                    holding.set()
+                    await hold.wait()
+                chunk = pending.pop(0)
+                more = bool(pending) or then_leave
+                return {"type": "http.request", "body": chunk, "more_body": more}
+            if then_leave:
+                return {"type": "http.disconnect"}
+            await asyncio.sleep(3600)  # the client waits for its answer
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return sent
+
+    holding = asyncio.Event()
+
+    async def go() -> tuple[list[dict], list[dict], list[dict]]:
+        # A slow sender holds 400 bytes and has 400 to go; 700 more would be over 1,000.
+        hold = asyncio.Event()
+        slow = asyncio.create_task(post([b"{" + b" " * 399, b" " * 399 + b"}"], hold=hold))
+        await holding.wait()
+        refused = await post([b"{" + b" " * 698 + b"}"])
+        hold.set()
+        answered = await slow
+        # One that sends 900 bytes and goes away holds nothing afterwards.
+        await post([b" " * 900], then_leave=True)
+        accepted = await post([b"{" + b" " * 698 + b"}"])
+        return refused, answered, accepted
+
+    refused, answered, accepted = asyncio.run(go())
+    shut_down(app)
+    assert refused[0]["status"] == 503
+    assert (b"retry-after", b"1") in refused[0]["headers"]
+    assert json.loads(body_of(refused))["error"] == "unavailable"
+    assert answered[0]["status"] == 401  # it reached Django: no token
+    assert accepted[0]["status"] == 401
