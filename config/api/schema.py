@@ -103,14 +103,16 @@ def openapi_30(schema: Any) -> Any:
 
 def document_body_errors(result: dict, generator, request, public) -> dict:
     """A postprocessing hook: every operation that takes a body may answer 413 to a body
-    over the server's limit (config/asgi.py) and 415 (`unsupported-media-type`) to one in
-    another media type than it lists."""
+    over the server's limit, 503 (`unavailable`) when the process holds too many bodies
+    (both config/asgi.py), and 415 (`unsupported-media-type`) to a body in another media
+    type than it lists."""
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for operations in result.get("paths", {}).values():
         for operation in operations.values():
             if isinstance(operation, dict) and "requestBody" in operation:
                 responses = operation["responses"]
                 responses.setdefault("413", {"description": "bad-request", "content": error})
+                responses.setdefault("503", {"description": "unavailable", "content": error})
                 responses.setdefault(
                     "415", {"description": "unsupported-media-type", "content": error}
                 )

@@ -34,7 +34,7 @@ def test_only_runbooks_are_documented_as_taking_yaml(schema):
     assert takes_yaml == {"POST /api/v1/runbooks", "PUT /api/v1/runbooks/{slug}"}
 
 
-def test_every_operation_that_takes_a_body_documents_its_413_and_415(schema):
+def test_every_operation_that_takes_a_body_documents_its_body_errors(schema):
     with_body = [
         (path, method, operation["responses"])
         for path, operations in schema["paths"].items()
@@ -45,6 +45,7 @@ def test_every_operation_that_takes_a_body_documents_its_413_and_415(schema):
     for path, method, responses in with_body:
         assert responses["413"]["description"] == "bad-request", (method, path)
         assert responses["415"]["description"] == "unsupported-media-type", (method, path)
+        assert responses["503"]["description"] == "unavailable", (method, path)
 
 
 def _json_schema(node: Any) -> Any:
