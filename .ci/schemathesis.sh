@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Fuzzes the REST API against its own OpenAPI schema (issue: REST API): a fresh database, the
-# examples loaded, an authenticated superuser token, runs and an approval to work on
-# (.ci/fuzz_seed.py, .ci/schemathesis.toml), the ASGI server, then schemathesis.
+# Fuzzes the REST API against its own OpenAPI schema (issue: REST API), one operation at a
+# time and in chains of calls along the links schemathesis infers from the schema (the
+# stateful phase): a fresh database, the examples loaded, an authenticated superuser token,
+# runs and an approval to work on (.ci/fuzz_seed.py, .ci/schemathesis.toml), the ASGI
+# server, then schemathesis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -23,7 +25,7 @@ trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
   --wait-for-schema 30 \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance \
-  --phases examples,coverage,fuzzing \
+  --phases examples,coverage,fuzzing,stateful \
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-30}" \
   --workers 2 \
   --seed 1 \
