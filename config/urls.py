@@ -4,7 +4,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import views
-from config.api.errors import not_found
+from config.api.errors import not_found, server_error
 from config.views import healthz
 
 urlpatterns = [
@@ -27,3 +27,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     re_path(r"^api/", not_found),
 ]
+
+# A server error under /api/ answers the API's error body; elsewhere Django's page.
+handler500 = server_error

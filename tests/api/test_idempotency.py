@@ -163,7 +163,13 @@ def test_a_server_error_leaves_the_key_free_for_a_retry(operator, deploy, monkey
 
     with monkeypatch.context() as patch:
         patch.setattr(services, "run_create", broken)
-        assert post(client, START, "k-500").status_code == 500
+        failed = post(client, START, "k-500")
+    assert failed.status_code == 500
+    assert failed.json() == {
+        "error": "server-error",
+        "message": "Something went wrong on our side; it was logged.",
+        "details": {},
+    }
     assert not IdempotencyRecord.objects.exists()
 
     retried = post(client, START, "k-500")
