@@ -33,7 +33,13 @@ class TokenOutput(serializers.ModelSerializer):
 
 
 class NewTokenOutput(TokenOutput):
-    token = serializers.CharField(help_text="The secret, shown only this once.")
+    token = serializers.CharField(
+        allow_null=True,
+        help_text=(
+            "The secret, shown only this once: null when an Idempotency-Key replays the "
+            "answer, since the secret is not stored."
+        ),
+    )
 
     class Meta(TokenOutput.Meta):
         fields = [*TokenOutput.Meta.fields, "token"]
@@ -44,6 +50,7 @@ class TokenViewSet(IdempotentMixin, viewsets.GenericViewSet):
 
     permission_classes = [IsAuthenticated]
     serializer_class = TokenOutput
+    not_replayed = ("token",)
     lookup_value_regex = "[0-9]+"
 
     def get_queryset(self):

@@ -24,6 +24,17 @@ def test_the_schema_is_valid_openapi(schema):
     validate_schema(schema)  # raises on a schema that breaks the OpenAPI 3.0 specification
 
 
+def test_no_operation_is_described_by_a_mixin_it_shares(schema):
+    # Operations without a description of their own once inherited the docstring of the
+    # idempotency mixin ("For DRF views: replays POSTs ...").
+    descriptions = [
+        operation.get("description", "")
+        for operations in schema["paths"].values()
+        for operation in operations.values()
+    ]
+    assert not [text for text in descriptions if "For DRF views" in text]
+
+
 def test_only_runbooks_are_documented_as_taking_yaml(schema):
     takes_yaml = {
         f"{method.upper()} {path}"

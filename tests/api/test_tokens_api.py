@@ -9,7 +9,7 @@ from django.utils.dateparse import parse_datetime
 from knox.crypto import hash_token
 from rest_framework.test import APIClient
 
-from config.models import ApiToken
+from config.models import ApiToken, IdempotencyRecord
 from tests.api.conftest import api_client, bearer
 from tests.conftest import make_user
 
@@ -149,6 +149,20 @@ def test_token_is_stored_hashed(api):
     row = ApiToken.objects.filter(pk=made["id"]).values().get()
     assert all(secret not in str(value) for value in row.values())
     assert row["digest"] == hash_token(secret)
+
+
+def test_an_idempotent_replay_makes_no_second_token_and_the_secret_is_stored_nowhere(api):
+    headers = {"HTTP_IDEMPOTENCY_KEY": "token-once"}
+    first = api.post("/api/v1/tokens", {"name": "ci"}, format="json", **headers)
+    replay = api.post("/api/v1/tokens", {"name": "ci"}, format="json", **headers)
+
+    secret = first.json()["token"]
+    assert first.status_code == replay.status_code == 201
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.json() == {**first.json(), "token": None}
+    assert ApiToken.objects.count() == 2  # the client's own, and the one made here
+    kept = IdempotencyRecord.objects.values().get()
+    assert all(secret not in str(value) for value in kept.values())
 
 
 def test_me_with_a_token(viewer):
