@@ -168,7 +168,8 @@ def run_retry(
     params: Mapping[str, Any] | None = None,
     mode: str = "start",
 ) -> Run:
-    """Starts a new run of the same version; `mode="failed"` reuses steps that succeeded."""
+    """Starts a new run of the same version with the run's params, secrets included, changed
+    by `params` where given; `mode="failed"` reuses steps that succeeded."""
     if mode not in ("start", "failed"):
         raise ValidationFailed(
             "from must be 'start' or 'failed'.", details={"from": ["must be start or failed"]}
@@ -179,12 +180,18 @@ def run_retry(
         )
     if mode == "failed" and run.status == RunStatus.SUCCEEDED:
         raise Conflict(f"Run #{run.number} succeeded; there is no failed step to retry from.")
-    if params is None:
-        params = {**run.params, **secrets.unseal(run.sealed_secrets)}
+    own_secrets = secrets.unseal(run.sealed_secrets)
+    given = {
+        # A secret sent back as the mask that responses show keeps its value, so a client can
+        # retry with the params it read, one of them changed.
+        name: value
+        for name, value in (params or {}).items()
+        if not (name in own_secrets and value == secrets.MASK)
+    }
     return run_create(
         runbook=run.runbook,
         version=run.version,
-        params=params,
+        params={**run.params, **own_secrets, **given},
         user=user,
         origin=origin,
         labels=run.labels,

@@ -11,6 +11,7 @@ from django.utils import timezone
 from runbooks.services import runbook_archive
 from runs import services
 from runs.models import Run
+from runs.secrets import unseal
 from tests.conftest import drain, make_user
 
 RUN_KEYS = {
@@ -442,7 +443,36 @@ def test_retry_defaults_to_the_same_params_and_accepts_new_ones(api, finished):
         format="json",
     )
     assert other.status_code == 202
-    assert other.json()["params"]["service"] == "web"
+    # the params given change the run's own; the rest, the secret too, keep their values
+    assert other.json()["params"] == {"service": "web", "replicas": 2, "token": "***"}
+    assert unseal(Run.objects.get(pk=other.json()["number"]).sealed_secrets) == {"token": SECRET}
+
+
+def test_retry_with_the_params_read_back_keeps_a_masked_secret(api, finished):
+    read = api.get(f"/api/v1/runs/{finished.number}").json()["params"]
+    assert read["token"] == "***"
+
+    response = api.post(
+        f"/api/v1/runs/{finished.number}/retry",
+        {"params": {**read, "replicas": 3}},
+        format="json",
+    )
+
+    assert response.status_code == 202
+    rerun = Run.objects.get(pk=response.json()["number"])
+    assert rerun.params["replicas"] == 3
+    assert unseal(rerun.sealed_secrets) == {"token": SECRET}  # not the mask itself
+
+
+def test_retry_can_change_a_secret(api, finished):
+    response = api.post(
+        f"/api/v1/runs/{finished.number}/retry",
+        {"params": {"token": "a-new-secret"}},
+        format="json",
+    )
+    assert response.status_code == 202
+    rerun = Run.objects.get(pk=response.json()["number"])
+    assert unseal(rerun.sealed_secrets) == {"token": "a-new-secret"}
 
 
 def test_retry_rejects_invalid_params_and_starts_nothing(api, finished):
