@@ -10,10 +10,24 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["DURATION_FORMS", "DURATION_PATTERN", "format_duration", "parse_duration"]
+__all__ = [
+    "DURATION_FORMS",
+    "DURATION_LIMIT",
+    "DURATION_PATTERN",
+    "MAX_DURATION_SECONDS",
+    "format_duration",
+    "parse_duration",
+]
 
 #: Shown in every error so a person can fix the value without looking up the docs.
 DURATION_FORMS = "a number of seconds (30, 1.5) or a number with a unit: 500ms, 10s, 5m, 2h"
+
+#: The longest duration a definition may give: a year, leap day included. Nothing a runbook
+#: waits for takes longer, and a bound keeps deadline arithmetic far from where datetime
+#: overflows (a float holds 1e308 seconds, a timedelta under 1e14).
+MAX_DURATION_SECONDS = 366 * 24 * 3600
+#: The limit in words, with the same value in a unit a definition can use.
+DURATION_LIMIT = "366 days (8784h)"
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NUMBER = r"\d+(?:\.\d+)?|\.\d+"
@@ -32,13 +46,16 @@ def parse_duration(value: object) -> float:
     Accepts integers and floats (seconds), numeric strings ("30"), and strings with a unit:
     "500ms", "10s", "5m", "2h" (several parts may be combined: "1h 30m"). Zero is allowed;
     whether it makes sense is the caller's decision. Raises ValueError for anything else,
-    including negative values, saying which forms are accepted.
+    including negative values and values over MAX_DURATION_SECONDS, saying what is accepted.
     """
     if isinstance(value, bool):
         # bool is an int subclass; `timeout: yes` is a mistake, not one second.
         raise ValueError(f"invalid duration {value!r}: use {DURATION_FORMS}")
-    if isinstance(value, int | float):
-        return _checked(float(value), value)
+    if isinstance(value, int):
+        # JSON integers have no size limit; one too large for a float is simply too long.
+        return _checked(float(value) if value <= MAX_DURATION_SECONDS else math.inf, value)
+    if isinstance(value, float):
+        return _checked(value, value)
     if not isinstance(value, str):
         raise ValueError(f"invalid duration {value!r}: use {DURATION_FORMS}")
 
@@ -64,10 +81,14 @@ def parse_duration(value: object) -> float:
 
 
 def _checked(seconds: float, original: object) -> float:
-    if math.isnan(seconds) or math.isinf(seconds):
+    if math.isnan(seconds):
         raise ValueError(f"invalid duration {original!r}: use {DURATION_FORMS}")
     if seconds < 0:
         raise ValueError(f"invalid duration {original!r}: a duration cannot be negative")
+    if seconds > MAX_DURATION_SECONDS:  # infinity too
+        raise ValueError(
+            f"invalid duration {original!r}: a duration can be at most {DURATION_LIMIT}"
+        )
     return seconds
 
 

@@ -33,13 +33,14 @@ from pydantic import (
     JsonValue,
     Tag,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from runbooks.durations import DURATION_PATTERN, parse_duration
+from runbooks.durations import DURATION_PATTERN, MAX_DURATION_SECONDS, parse_duration
 from runbooks.params import ParamSpec, located_error
 
 __all__ = [
@@ -181,6 +182,27 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
+#: Validation context of a definition read back from a saved version (`parse_definition`'s
+#: `stored`).
+_STORED = "stored"
+
+
+def _clamped_when_stored(limit: float) -> BeforeValidator:
+    """Shortens a number over `limit` to it in a saved version, instead of refusing it.
+
+    A version was valid when saved, perhaps before a bound existed; refusing it now would make
+    the runbook impossible to show or run. Clamped, it runs as if written at the bound."""
+
+    def clamp(value: object, info: ValidationInfo) -> object:
+        if not (isinstance(info.context, Mapping) and info.context.get(_STORED)):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > limit:
+            return limit
+        return value
+
+    return BeforeValidator(clamp)
+
+
 # Each type's JSON schema (the API's OpenAPI document) says in a pattern what its check
 # enforces, where a pattern can; Template and Expression syntax cannot be.
 Slug = Annotated[
@@ -208,14 +230,17 @@ Expression = Annotated[
     AfterValidator(_check_expression),
     WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"\S"}, {"type": "boolean"}]}),
 ]
-#: Written as "30s", "5m", 500ms or a number of seconds; held as float seconds.
+#: Written as "30s", "5m", 500ms or a number of seconds; held as float seconds. At most
+#: MAX_DURATION_SECONDS (a pattern cannot say that of the string forms).
 Duration = Annotated[
     float,
     BeforeValidator(_to_seconds),
+    # Listed after _to_seconds so that it runs first: before validators run last to first.
+    _clamped_when_stored(float(MAX_DURATION_SECONDS)),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "number", "minimum": 0},
+                {"type": "number", "minimum": 0, "maximum": MAX_DURATION_SECONDS},
                 {"type": "string", "pattern": DURATION_PATTERN},
             ]
         }
@@ -230,12 +255,21 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+#: More retries than this is a loop, not a retry policy; a step that must poll for longer
+#: can wait longer between attempts.
+MAX_RETRIES = 100
+#: Ten already multiplies a one-second delay past a day by the sixth retry.
+MAX_BACKOFF = 10
+
+
 class Retries(_Model):
     """How often a failed attempt is retried: after `delay * backoff ** (attempt - 1)`."""
 
-    max: int = Field(ge=0)
+    max: Annotated[int, _clamped_when_stored(MAX_RETRIES)] = Field(ge=0, le=MAX_RETRIES)
     delay: Duration = 0.0
-    backoff: float = Field(default=1.0, ge=1)
+    backoff: Annotated[float, _clamped_when_stored(MAX_BACKOFF)] = Field(
+        default=1.0, ge=1, le=MAX_BACKOFF
+    )
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before `attempt` (2 is the first retry)."""
@@ -249,6 +283,8 @@ def _retries_shorthand(value: object) -> object:
     if isinstance(value, int):
         if value < 0:
             raise _rule("must be at least 0")
+        if value > MAX_RETRIES:
+            raise _rule(f"must be at most {MAX_RETRIES}")
         return {"max": value}
     return value
 
@@ -256,7 +292,8 @@ def _retries_shorthand(value: object) -> object:
 RetriesField = Annotated[
     Retries | None,
     BeforeValidator(
-        _retries_shorthand, json_schema_input_type=Annotated[int, Field(ge=0)] | Retries | None
+        _retries_shorthand,
+        json_schema_input_type=Annotated[int, Field(ge=0, le=MAX_RETRIES)] | Retries | None,
     ),
 ]
 
@@ -621,10 +658,12 @@ def _merge(
 # --- Entry points ---------------------------------------------------------------------------
 
 
-def parse_definition(data: object) -> RunbookDefinition:
+def parse_definition(data: object, *, stored: bool = False) -> RunbookDefinition:
     """Validate a loaded definition (a mapping, as from YAML or JSON).
 
-    Raises DefinitionError listing every problem with its path.
+    Raises DefinitionError listing every problem with its path. With `stored`, `data` is a
+    saved version's: numbers over a bound are clamped to it, not refused (see
+    `_clamped_when_stored`).
     """
     if data is None:
         raise DefinitionError([DefinitionIssue("", "the definition is empty")])
@@ -633,7 +672,7 @@ def parse_definition(data: object) -> RunbookDefinition:
             [DefinitionIssue("", f"a runbook definition must be a mapping, not {_a(data)}")]
         )
     try:
-        return RunbookDefinition.model_validate(data)
+        return RunbookDefinition.model_validate(data, context={_STORED: stored})
     except ValidationError as exc:
         raise DefinitionError(_issues(exc)) from None
 

@@ -139,7 +139,7 @@ def _definition_for_version(version_pk: int, checksum: str) -> RunbookDefinition
     # The checksum is part of the key because SQLite may reuse the primary key of a version
     # whose transaction rolled back.
     definition = RunbookVersion.objects.values_list("definition", flat=True).get(pk=version_pk)
-    return parse_definition(definition)
+    return parse_definition(definition, stored=True)
 
 
 def version_definition(version: RunbookVersion) -> RunbookDefinition:

@@ -116,6 +116,24 @@ def test_concurrent_creates_of_one_slug_make_one_runbook(author):
         ({"steps": [{"id": "greet", "http": {"url": 5}}]}, "steps[0].http.url"),
         ({"slug": "Not A Slug"}, "slug"),
         ({"colour": "blue"}, "colour"),
+        # Numbers that used to be saved and then broke every run: 500s, a crashing worker.
+        (
+            {"steps": [{"id": "a", "shell": "true", "retries": 99999999999999999999}]},
+            "steps[0].retries",
+        ),
+        ({"timeout": 99999999999999999999}, "timeout"),
+        (
+            {
+                "steps": [
+                    {
+                        "id": "a",
+                        "shell": "exit 1",
+                        "retries": {"max": 3, "delay": "1s", "backoff": 1e300},
+                    }
+                ]
+            },
+            "steps[0].retries.backoff",
+        ),
     ],
 )
 def test_create_rejects_an_invalid_definition_naming_the_path(api, change, path):

@@ -102,6 +102,20 @@ def test_the_definition_schema_takes_the_short_forms_a_runbook_may_use(definitio
     assert parse_definition(definition)  # and the API takes them too
 
 
+def test_the_definition_schema_takes_values_at_their_bounds(definition_validator):
+    definition = {
+        "slug": "bounds",
+        "name": "Bounds",
+        "timeout": 31_622_400,
+        "steps": [
+            {"id": "a", "shell": "true", "retries": 100},
+            {"id": "b", "sleep": 1, "retries": {"max": 100, "delay": 31_622_400, "backoff": 10}},
+        ],
+    }
+    assert definition_validator.is_valid(definition)
+    assert parse_definition(definition)
+
+
 @pytest.mark.parametrize(
     ("change", "path"),
     [
@@ -110,6 +124,13 @@ def test_the_definition_schema_takes_the_short_forms_a_runbook_may_use(definitio
         ({"timeout": "5 minutes"}, ["timeout"]),
         ({"steps": [{"id": "1st", "shell": "true"}]}, ["steps", 0]),
         ({"steps": [{"id": "a", "shell": "true", "retries": -1}]}, ["steps", 0]),
+        ({"steps": [{"id": "a", "shell": "true", "retries": 101}]}, ["steps", 0]),
+        ({"steps": [{"id": "a", "shell": "true", "retries": {"max": 101}}]}, ["steps", 0]),
+        (
+            {"steps": [{"id": "a", "shell": "true", "retries": {"max": 1, "backoff": 11}}]},
+            ["steps", 0],
+        ),
+        ({"timeout": 31_622_401}, ["timeout"]),
         ({"steps": []}, ["steps"]),
         ({"colour": "blue"}, []),
     ],

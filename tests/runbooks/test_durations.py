@@ -2,7 +2,11 @@
 
 import pytest
 
-from runbooks.durations import format_duration, parse_duration
+from runbooks.durations import (
+    MAX_DURATION_SECONDS,
+    format_duration,
+    parse_duration,
+)
 
 
 @pytest.mark.parametrize(
@@ -50,6 +54,21 @@ def test_parse_duration_rejects_booleans_which_yaml_produces_for_yes() -> None:
 def test_parse_duration_rejects_infinity() -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(float("inf"))
+
+
+@pytest.mark.parametrize(
+    "value", [MAX_DURATION_SECONDS + 1, 1e20, 10**400, "8785h", "8784h 1s", "9" * 400, "527041m"]
+)
+def test_parse_duration_rejects_more_than_366_days(value: object) -> None:
+    with pytest.raises(ValueError, match=r"can be at most 366 days \(8784h\)"):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize(
+    "value", [MAX_DURATION_SECONDS, "8784h", "527040m", float(MAX_DURATION_SECONDS)]
+)
+def test_parse_duration_accepts_366_days(value: object) -> None:
+    assert parse_duration(value) == MAX_DURATION_SECONDS
 
 
 @pytest.mark.parametrize(

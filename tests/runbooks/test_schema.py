@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from runbooks.durations import MAX_DURATION_SECONDS
 from runbooks.schema import (
     DefinitionError,
     DefinitionIssue,
@@ -465,6 +466,57 @@ def test_bad_duration_on_sleep_and_top_level_is_reported() -> None:
     assert [path for path, _ in issues(data)] == ["timeout", "steps[0].sleep"]
 
 
+TOO_LONG = "a duration can be at most 366 days (8784h)"
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        (definition(timeout=99999999999999999999), "timeout"),
+        (definition(timeout="8785h"), "timeout"),
+        (definition(shell_step(timeout=MAX_DURATION_SECONDS + 1)), "steps[0].timeout"),
+        (definition({"id": "s", "sleep": 1e20}), "steps[0].sleep"),
+        (
+            definition({"id": "a", "http": {"url": "u", "timeout": "9" * 400}}),
+            "steps[0].http.timeout",
+        ),
+        (
+            definition(
+                {
+                    "id": "a",
+                    "approval": {
+                        "message": "Go?",
+                        "approvers": {"users": ["ann"]},
+                        "timeout": 10**400,
+                    },
+                }
+            ),
+            "steps[0].approval.timeout",
+        ),
+        (
+            definition({"id": "g", "timeout": float("inf"), "steps": [shell_step()]}),
+            "steps[0].timeout",
+        ),
+        (definition(shell_step(retries={"max": 1, "delay": "9000h"})), "steps[0].retries.delay"),
+    ],
+)
+def test_duration_over_the_limit_is_refused_at_its_path(data: dict[str, Any], path: str) -> None:
+    found_path, message = only_issue(data)
+    assert found_path == path
+    assert message.startswith("invalid duration") and message.endswith(TOO_LONG)
+
+
+def test_durations_at_the_limit_are_accepted() -> None:
+    parsed = parse_definition(
+        definition(
+            shell_step(timeout="8784h", retries={"max": 1, "delay": MAX_DURATION_SECONDS}),
+            {"id": "s", "sleep": "8784h"},
+            timeout=MAX_DURATION_SECONDS,
+        )
+    )
+    assert parsed.timeout == parsed.steps[0].timeout == parsed.steps[1].sleep == 31_622_400
+
+
 def test_bad_http_timeout_is_reported_inside_http() -> None:
     path, message = only_issue(definition({"id": "a", "http": {"url": "u", "timeout": "x"}}))
     assert path == "steps[0].http.timeout"
@@ -485,6 +537,14 @@ def test_bad_http_timeout_is_reported_inside_http() -> None:
         ({"max": "2"}, "steps[0].retries.max", "must be a whole number"),
         ({"delay": "1s"}, "steps[0].retries.max", "required"),
         ({"max": 2, "backoff": 0.5}, "steps[0].retries.backoff", "must be at least 1"),
+        (101, "steps[0].retries", "must be at most 100"),
+        (99999999999999999999, "steps[0].retries", "must be at most 100"),
+        ({"max": 101}, "steps[0].retries.max", "must be at most 100"),
+        (
+            {"max": 2, "delay": "1s", "backoff": 1e300},
+            "steps[0].retries.backoff",
+            "must be at most 10",
+        ),
         ({"max": 2, "jitter": 1}, "steps[0].retries.jitter", "unknown key"),
     ],
 )
@@ -492,6 +552,35 @@ def test_bad_retries_are_reported_at_the_offending_key(
     retries: object, path: str, message: str
 ) -> None:
     assert only_issue(definition(shell_step(retries=retries))) == (path, message)
+
+
+def test_retries_at_their_bounds_are_accepted() -> None:
+    short, mapping = parse_definition(
+        definition(
+            shell_step("a", retries=100), shell_step("b", retries={"max": 100, "backoff": 10})
+        )
+    ).steps
+    assert (short.max_attempts, mapping.max_attempts, mapping.retries.backoff) == (101, 101, 10)
+
+
+def test_a_saved_version_over_the_bounds_loads_with_its_numbers_clamped() -> None:
+    # Versions saved before the bounds existed must still show and run.
+    saved = definition(
+        shell_step(timeout=1e20, retries={"max": 10**20, "delay": 1e20, "backoff": 1e300}),
+        {"id": "s", "sleep": 1e20},
+        timeout=1e20,
+    )
+    with pytest.raises(DefinitionError):
+        parse_definition(saved)
+
+    parsed = parse_definition(saved, stored=True)
+    shell, sleep = parsed.steps
+    assert parsed.timeout == shell.timeout == sleep.sleep == MAX_DURATION_SECONDS
+    assert (shell.retries.max, shell.retries.delay, shell.retries.backoff) == (
+        100,
+        MAX_DURATION_SECONDS,
+        10,
+    )
 
 
 @pytest.mark.parametrize(
