@@ -5,7 +5,6 @@ service does), so two people deciding at the same instant are serialised and nev
 beyond `required`.
 """
 
-from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -16,6 +15,7 @@ from approvals import notifications
 from approvals.models import Approval, Approver, Decision
 from approvals.state import APPROVAL_TRANSITIONS, ApprovalStatus
 from config.errors import Conflict, InvalidTransition, PermissionDenied, ValidationFailed
+from runbooks.durations import duration_delta
 from runbooks.params import ParamsError, coerce_params
 from runbooks.schema import ApprovalSpec
 from runs import services as run_services
@@ -46,7 +46,7 @@ def approval_open(*, run: Run, step: Step, spec: ApprovalSpec, message: str) -> 
         allow_self_approval=spec.allow_self_approval,
         fields=[field.model_dump(mode="json") for field in spec.fields],
         requested_by=run.created_by,
-        expires_at=timezone.now() + timedelta(seconds=spec.timeout) if spec.timeout else None,
+        expires_at=timezone.now() + duration_delta(spec.timeout) if spec.timeout else None,
     )
     Approver.objects.bulk_create(
         [Approver(approval=approval, kind="user", name=name) for name in spec.approvers.users]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import timedelta
 
 __all__ = [
     "DURATION_FORMS",
     "DURATION_LIMIT",
     "DURATION_PATTERN",
     "MAX_DURATION_SECONDS",
+    "duration_delta",
     "format_duration",
     "parse_duration",
 ]
@@ -90,6 +92,16 @@ def _checked(seconds: float, original: object) -> float:
             f"invalid duration {original!r}: a duration can be at most {DURATION_LIMIT}"
         )
     return seconds
+
+
+def duration_delta(seconds: float) -> timedelta:
+    """`seconds` as a timedelta, for deadlines, shortened to MAX_DURATION_SECONDS.
+
+    Definitions are held to that bound, but a computed wait (a retry delay grows by its
+    backoff) or a definition that skipped validation can exceed it, and adding a timedelta
+    near its own maximum to now overflows datetime. No caller needs more than the bound.
+    """
+    return timedelta(seconds=min(seconds, MAX_DURATION_SECONDS))
 
 
 def format_duration(seconds: float) -> str:

@@ -272,8 +272,16 @@ class Retries(_Model):
     )
 
     def delay_before(self, attempt: int) -> float:
-        """Seconds to wait before `attempt` (2 is the first retry)."""
-        return self.delay * self.backoff ** max(attempt - 2, 0)
+        """Seconds to wait before `attempt` (2 is the first retry), at most
+        MAX_DURATION_SECONDS: even within the bounds the growth (366 days * 10 ** 99) would
+        pass any datetime, and a run made before them may count attempts into the billions."""
+        if self.delay == 0:  # also when backoff ** attempt would overflow
+            return 0.0
+        try:
+            delay = self.delay * self.backoff ** max(attempt - 2, 0)
+        except OverflowError:
+            return float(MAX_DURATION_SECONDS)
+        return min(delay, MAX_DURATION_SECONDS)
 
 
 def _retries_shorthand(value: object) -> object:

@@ -2,7 +2,6 @@
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -12,6 +11,7 @@ from django.utils import timezone
 
 from config.errors import Conflict, InvalidTransition
 from config.prepared import PreparedQuery
+from runbooks.durations import duration_delta
 from runbooks.services import version_definition, version_steps
 from runs import engine, secrets, templating
 from runs.models import LogLevel, Run, RunEvent, Step
@@ -334,7 +334,7 @@ def _group_deadline(run: Run, group: Step, steps: dict[int, Step], now: Any) -> 
     timeout = getattr(version_steps(run.version)[group.key], "timeout", None)
     if not timeout:
         return {}
-    deadline = now + timedelta(seconds=timeout)
+    deadline = now + duration_delta(timeout)
     if group.deadline and group.deadline < deadline:
         deadline = group.deadline  # an enclosing group's ends first
     inside, parents = [], {group.pk}

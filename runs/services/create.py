@@ -1,7 +1,6 @@
 """Starting runs: validating params, copying the step tree, retrying a run."""
 
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -9,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.errors import Conflict, ValidationFailed
+from runbooks.durations import duration_delta
 from runbooks.models import Runbook, RunbookVersion
 from runbooks.params import ParamsError, coerce_params, secret_names
 from runbooks.services import version_definition
@@ -116,7 +116,7 @@ def run_create(
         created_by=user,
         origin=origin,
         retried_from=retried_from,
-        deadline=now + timedelta(seconds=definition.timeout) if definition.timeout else None,
+        deadline=now + duration_delta(definition.timeout) if definition.timeout else None,
     )
     _run_insert(run, definition, reuse_from)
     return run

@@ -13,6 +13,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config.prepared import PreparedQuery
+from runbooks.durations import duration_delta
 from runbooks.services import version_last_steps, version_steps
 from runs.models import LogEntry, LogLevel, Run, Step, StepAttempt
 from runs.services.advance import VERSION_HEAVY, _enqueue, _masker, _relock, run_advance
@@ -351,7 +352,7 @@ def _record_result(
     if _will_retry(run, step, result, now):
         retries = version_steps(run.version)[step.key].retries
         delay = retries.delay_before(step.attempt + 1) if retries else 0
-        retry_at = now + timedelta(seconds=delay)
+        retry_at = now + duration_delta(delay)
         # A worker waits out a short delay itself (runs.runner); a long one is left to the
         # reaper, which wakes steps that are due and were never sent to the queue.
         inline = delay <= settings.STEPWISE_INLINE_RETRY_WAIT

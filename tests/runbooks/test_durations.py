@@ -1,9 +1,12 @@
 """Durations as runbook authors write them."""
 
+from datetime import timedelta
+
 import pytest
 
 from runbooks.durations import (
     MAX_DURATION_SECONDS,
+    duration_delta,
     format_duration,
     parse_duration,
 )
@@ -69,6 +72,11 @@ def test_parse_duration_rejects_more_than_366_days(value: object) -> None:
 )
 def test_parse_duration_accepts_366_days(value: object) -> None:
     assert parse_duration(value) == MAX_DURATION_SECONDS
+
+
+def test_duration_delta_is_capped_at_the_limit_instead_of_overflowing() -> None:
+    assert duration_delta(90) == timedelta(seconds=90)
+    assert duration_delta(1e300) == timedelta(days=366)
 
 
 @pytest.mark.parametrize(

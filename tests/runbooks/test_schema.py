@@ -13,6 +13,7 @@ from runbooks.schema import (
     DefinitionIssue,
     GroupStep,
     HttpStep,
+    Retries,
     RunbookDefinition,
     ShellStep,
     SleepStep,
@@ -225,6 +226,23 @@ def test_retry_delay_grows_by_the_backoff() -> None:
         definition(shell_step(retries={"max": 3, "delay": "2s", "backoff": 3}))
     ).steps[0]
     assert [step.retries.delay_before(attempt) for attempt in (2, 3, 4)] == [2.0, 6.0, 18.0]
+
+
+def test_retry_delay_stops_growing_at_the_duration_limit() -> None:
+    # The largest a definition may say: each bound on its own is sane, their product is not.
+    step = parse_definition(
+        definition(shell_step(retries={"max": 100, "delay": "8784h", "backoff": 10}))
+    ).steps[0]
+    assert step.retries.delay_before(101) == MAX_DURATION_SECONDS
+
+
+def test_retry_delay_of_values_past_the_bounds_is_the_limit_not_an_overflow() -> None:
+    # As a version saved before the bounds, or a run that counted attempts past them, has.
+    retries = Retries.model_construct(max=10**20, delay=1e20, backoff=1e300)
+    assert retries.delay_before(3) == MAX_DURATION_SECONDS
+    assert retries.delay_before(2**40) == MAX_DURATION_SECONDS
+    no_delay = Retries.model_construct(max=10**20, delay=0.0, backoff=1e300)
+    assert no_delay.delay_before(2**40) == 0
 
 
 def test_steps_without_retries_have_one_attempt() -> None:
