@@ -434,12 +434,19 @@ class Approvers(_Model):
         return self
 
 
+#: A gate needing more approvals than this is never opened in practice; the bound keeps the
+#: count inside the database's integer column (32 bits on PostgreSQL).
+MAX_REQUIRED_APPROVALS = 100
+
+
 class ApprovalSpec(_Model):
     """A human gate: the run waits until enough approvers approve, or one denies."""
 
     message: NonBlankTemplate
     approvers: Approvers
-    required: int = Field(default=1, ge=1)
+    required: Annotated[int, _clamped_when_stored(MAX_REQUIRED_APPROVALS)] = Field(
+        default=1, ge=1, le=MAX_REQUIRED_APPROVALS
+    )
     allow_self_approval: bool = False
     fields: list[ParamSpec] = Field(default_factory=list)
     timeout: Duration | None = None

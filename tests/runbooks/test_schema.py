@@ -401,6 +401,19 @@ def test_approval_step_needs_approvers_and_rejects_unknown_keys() -> None:
     }
 
 
+def test_approvals_required_is_at_most_100() -> None:
+    def gate(required: object) -> dict[str, Any]:
+        spec = {"message": "Go?", "approvers": {"groups": ["sre"]}, "required": required}
+        return definition({"id": "gate", "approval": spec})
+
+    assert parse_definition(gate(100)).steps[0].approval.required == 100
+    assert only_issue(gate(99999999999999999999)) == (
+        "steps[0].approval.required",
+        "must be at most 100",
+    )
+    assert parse_definition(gate(10**20), stored=True).steps[0].approval.required == 100
+
+
 def test_approval_fields_keep_required_in_the_canonical_form() -> None:
     data = definition(
         {

@@ -77,3 +77,16 @@ def test_huge_backoff_of_an_old_version_still_makes_every_attempt(make_runbook):
     ]
     messages = LogEntry.objects.filter(step=step).values_list("message", flat=True)
     assert "retrying in 0.1s (attempt 3 of 3)" in messages
+
+
+def test_huge_required_approvals_of_an_old_version_open_the_gate(make_runbook):
+    runbook = make_runbook("{slug: old, name: Old, steps: [{id: a, shell: 'true'}]}")
+    gate = {"message": "Go?", "approvers": {"users": ["ann"]}, "required": 99999999999999999999}
+    saved_before_the_bounds(
+        runbook, {"slug": "old", "name": "Old", "steps": [{"id": "gate", "approval": gate}]}
+    )
+
+    run = start(runbook)
+
+    assert run.status == "waiting"
+    assert run.approvals.get().required == 100
