@@ -8,6 +8,10 @@ from django.db import transaction
 from config.errors import PermissionDenied
 from config.models import ApiToken
 
+#: The longest a token may be made to last (ten years). Longer is "never", which is said by
+#: giving no expiry; a bound also keeps now + days inside what datetime can hold.
+TOKEN_MAX_DAYS = 3650
+
 
 @transaction.atomic
 def token_create(

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from config.api.permissions import has_role, role_of
 from config.errors import DomainError
 from config.models import ApiToken
-from config.services import token_create, token_revoke
+from config.services import TOKEN_MAX_DAYS, token_create, token_revoke
 from runs import selectors
 from runs.models import Run
 from runs.state import RUN_TERMINAL, RunStatus
@@ -352,7 +352,7 @@ class TokenForm(forms.Form):
     expires_in_days = forms.IntegerField(
         required=False,
         min_value=1,
-        max_value=3650,
+        max_value=TOKEN_MAX_DAYS,
         label="Expires after (days)",
         help_text="Leave empty for a token that never expires.",
     )

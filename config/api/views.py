@@ -14,12 +14,14 @@ from config.api.idempotency import IdempotentMixin
 from config.api.permissions import role_of
 from config.api.schema import ERRORS
 from config.models import ApiToken
-from config.services import token_create, token_revoke
+from config.services import TOKEN_MAX_DAYS, token_create, token_revoke
 
 
 class TokenInput(serializers.Serializer):
     name = serializers.CharField(max_length=100)
-    expires_in_days = serializers.IntegerField(min_value=1, max_value=3650, required=False)
+    expires_in_days = serializers.IntegerField(
+        min_value=1, max_value=TOKEN_MAX_DAYS, required=False
+    )
 
 
 class TokenOutput(serializers.ModelSerializer):

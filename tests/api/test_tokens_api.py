@@ -50,6 +50,8 @@ def test_create_with_expiry_sets_expires_at(api):
         ({}, "name"),
         ({"name": ""}, "name"),
         ({"name": "x", "expires_in_days": 0}, "expires_in_days"),
+        ({"name": "x", "expires_in_days": 3651}, "expires_in_days"),
+        ({"name": "x", "expires_in_days": 99999999}, "expires_in_days"),
     ],
 )
 def test_create_rejects_an_invalid_body(api, body, field):

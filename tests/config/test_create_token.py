@@ -28,3 +28,18 @@ def test_create_token_prints_a_working_secret_once(user, client):
 def test_create_token_refuses_an_unknown_user():
     with pytest.raises(CommandError, match="no user 'nobody'"):
         call_command("create_token", "nobody")
+
+
+@pytest.mark.django_db
+def test_create_token_refuses_an_expiry_past_ten_years(user):
+    with pytest.raises(CommandError, match="--expires must be at most 3650 days"):
+        call_command("create_token", "alice", "--expires", "99999999")
+    assert not ApiToken.objects.exists()
+
+
+@pytest.mark.django_db
+def test_create_token_takes_an_expiry_of_ten_years(user):
+    call_command(
+        "create_token", "alice", "--expires", "3650", stdout=io.StringIO(), stderr=io.StringIO()
+    )
+    assert ApiToken.objects.get(user=user).expiry is not None
