@@ -851,6 +851,24 @@ def test_yaml_merge_keys_may_override_merged_values() -> None:
     assert [step.id for step in load_definition_text(text).steps] == ["a", "b"]
 
 
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("slug: demo\nname: Demo\ntimeout: " + "1" * 5000 + "\nsteps: []\n", "4300 digits"),
+        ('{"slug": "demo", "timeout": ' + "1" * 5000 + "}", "4300 digits"),
+        ("slug: demo\nname: 2026-13-45\nsteps: []\n", "month must be in 1..12"),
+    ],
+    ids=["yaml-long-integer", "json-long-integer", "yaml-date-that-does-not-exist"],
+)
+def test_a_value_python_cannot_hold_is_a_definition_error(text: str, reason: str) -> None:
+    with pytest.raises(DefinitionError) as caught:
+        load_definition_text(text)
+    [issue] = caught.value.errors
+    assert issue.path == ""
+    assert issue.message.startswith("a value cannot be read:") and reason in issue.message
+    assert "set_int_max_str_digits" not in issue.message
+
+
 def test_duplicate_json_key_is_rejected() -> None:
     with pytest.raises(DefinitionError, match="invalid JSON: duplicate key 'slug'"):
         load_definition_text('{"slug": "a", "slug": "b", "name": "x", "steps": []}')
