@@ -88,9 +88,9 @@ def run_create(
     Everything that only reads and checks is done before the write transaction begins: on
     SQLite that transaction holds the database's one write lock, which every run's steps
     also need."""
+    if runbook.is_archived:  # retries too: an archived runbook is retired from use
+        raise Conflict(f"Runbook {runbook.slug!r} is archived; it cannot be run.")
     if version is None:
-        if runbook.is_archived:
-            raise Conflict(f"Runbook {runbook.slug!r} is archived; it cannot be run.")
         version = runbook.latest_version
         if version is None:
             raise Conflict(f"Runbook {runbook.slug!r} has no version to run.")

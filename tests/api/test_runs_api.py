@@ -485,6 +485,17 @@ def test_retry_rejects_invalid_params_and_starts_nothing(api, finished):
     assert Run.objects.count() == before
 
 
+def test_retry_of_a_run_of_an_archived_runbook_is_a_conflict(api, finished, author):
+    runbook_archive(runbook=finished.runbook, user=author)
+    before = Run.objects.count()
+
+    response = api.post(f"/api/v1/runs/{finished.number}/retry", {}, format="json")
+
+    assert response.status_code == 409
+    assert "archived" in response.json()["message"]
+    assert Run.objects.count() == before
+
+
 def test_retry_rejects_an_unknown_mode(api, finished):
     response = api.post(f"/api/v1/runs/{finished.number}/retry", {"from": "middle"}, format="json")
     assert response.status_code == 400

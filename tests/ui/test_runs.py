@@ -8,6 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from runbooks.services import runbook_archive
 from runs.models import LogEntry, LogLevel, Run
 from runs.services import logs_append
 from tests.conftest import drain
@@ -245,6 +246,19 @@ def test_operator_retries_from_start(login, operator, flaky, start_run):
     login(operator).post(f"/runs/{run.number}/retry", {"from": "start"})
     new = Run.objects.get(retried_from=run)
     assert new.steps.get(key="first").status != "succeeded"
+
+
+def test_a_run_of_an_archived_runbook_offers_no_retry(login, operator, flaky, start_run):
+    run = drain(start_run(flaky))
+    runbook_archive(runbook=flaky, user=operator)
+
+    page = login(operator).get(f"/runs/{run.number}/").content.decode()
+    refused = login(operator).post(f"/runs/{run.number}/retry", {"from": "start"}, follow=True)
+
+    assert "Retry from start" not in page
+    assert "Its runbook is archived, so it cannot be retried." in page
+    assert "archived; it cannot be run" in refused.content.decode()
+    assert not Run.objects.filter(retried_from=run).exists()
 
 
 def test_a_running_group_shows_when_its_timeout_ends_it(login, viewer, make_runbook, start_run):
