@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from config.errors import DomainError, ValidationFailed
+from config.numbers import whole_number
 from config.views import role_required
 from runbooks.filters import RunbookFilter
 from runbooks.forms import RunForm
@@ -135,8 +136,8 @@ def runbook_diff(request: HttpRequest, slug: str) -> HttpResponse:
     newest = versions[-1].number if versions else 0
 
     def pick(name: str, default: int) -> RunbookVersion | None:
-        value = request.GET.get(name, "")
-        return by_number.get(int(value) if value.isdigit() else default)
+        number = whole_number(request.GET.get(name))
+        return by_number.get(default if number is None else number)
 
     new = pick("to", newest)
     old = pick("from", (new.number - 1) if new else 0)

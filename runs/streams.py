@@ -25,6 +25,7 @@ from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from config.api.permissions import has_role
+from config.numbers import whole_number
 from runs.loglines import line_html
 from runs.models import LogEntry, Run
 from runs.state import RUN_TERMINAL
@@ -227,9 +228,9 @@ class _Filter:
 
 
 def _start_after(request: HttpRequest) -> int:
-    for value in (request.headers.get("Last-Event-ID", ""), request.GET.get("after", "")):
-        if value.isdigit():
-            return int(value)
+    for value in (request.headers.get("Last-Event-ID"), request.GET.get("after")):
+        if (seq := whole_number(value)) is not None:
+            return seq
     return 0
 
 

@@ -23,6 +23,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from config.errors import DomainError
+from config.numbers import whole_number
 from config.views import role_required
 from runbooks.models import Runbook
 from runs import selectors, services
@@ -52,9 +53,9 @@ def _run_or_404(number: int) -> Run:
 def run_list(request: HttpRequest) -> HttpResponse:
     filterset = RunFilter(request.GET or None, queryset=selectors.run_list().order_by("-number"))
     runs = filterset.qs
-    before = request.GET.get("before", "")
-    if before.isdigit():
-        runs = runs.filter(number__lt=int(before))
+    before = whole_number(request.GET.get("before"))
+    if before is not None:
+        runs = runs.filter(number__lt=before)
     page = list(runs[: PAGE_SIZE + 1])
     older = page[PAGE_SIZE - 1].number if len(page) > PAGE_SIZE else None
     context = {
@@ -62,7 +63,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
         "filterset": filterset,
         "values": request.GET,
         "older": older,
-        "paged": before.isdigit(),
+        "paged": before is not None,
         "runbooks": Runbook.objects.order_by("slug").values_list("slug", "name"),
         "statuses": RunStatus.values,
         "filtered": any(
@@ -195,15 +196,14 @@ def run_log(request: HttpRequest, number: int) -> HttpResponse:
     level_name = request.GET.get("level", "")
     entries = _log_entries(run, step, _level(level_name))
     context: dict[str, Any] = {"run": run, "selected": step, "level": level_name}
-    before = request.GET.get("before", "")
-    if before.isdigit():
-        lines, earlier = _log_tail(entries, before=int(before))
+    before = whole_number(request.GET.get("before"))
+    if before is not None:
+        lines, earlier = _log_tail(entries, before=before)
         context.update(
             {"lines": lines, "earlier": earlier, "first_seq": lines[0].seq if lines else None}
         )
         return render(request, f"{PAGE}#log-earlier", context)
-    after_text = request.GET.get("after", "")
-    after = int(after_text) if after_text.isdigit() else 0
+    after = whole_number(request.GET.get("after")) or 0
     lines = list(entries.filter(seq__gt=after).order_by("seq")[: LOG_TAIL + 1])
     more = len(lines) > LOG_TAIL
     lines = lines[:LOG_TAIL]

@@ -18,6 +18,7 @@ from config.api.pagination import NewestFirstCursorPagination, PagePagination
 from config.api.permissions import RolePermission
 from config.api.schema import ERRORS
 from config.errors import NotFound, ValidationFailed
+from config.numbers import whole_number
 from config.prepared import PreparedQuery
 from runbooks.models import Runbook
 from runs import selectors, services
@@ -248,10 +249,11 @@ def log_page(run: Run, query: Any) -> tuple[list[LogEntry], int | None]:
     entries = LogEntry.objects.filter(run=run).select_related("step").order_by("seq")
     after = query.get("after")
     if after not in (None, ""):
-        if not str(after).isdigit():
+        seq = whole_number(after)
+        if seq is None:
             errors["after"] = ["must be a log seq (a whole number)"]
         else:
-            entries = entries.filter(seq__gt=int(after))
+            entries = entries.filter(seq__gt=seq)
     level = query.get("level")
     if level:
         if level not in LogLevel.labels:
@@ -263,14 +265,14 @@ def log_page(run: Run, query: Any) -> tuple[list[LogEntry], int | None]:
         entries = entries.filter(Q(step__key=step) | Q(step__number=step))
         if not run.steps.filter(Q(key=step) | Q(number=step)).exists():
             errors["step"] = [f"run #{run.number} has no step {step!r}"]
-    limit = query.get("limit", "1000")
-    if not str(limit).isdigit() or not 1 <= int(limit) <= MAX_LOG_LINES:
+    limit = whole_number(query.get("limit", "1000"))
+    if limit is None or not 1 <= limit <= MAX_LOG_LINES:
         errors["limit"] = [f"must be a whole number from 1 to {MAX_LOG_LINES}"]
     if errors:
         raise ValidationFailed("Some query parameters are not valid.", details=errors)
-    page = list(entries[: int(limit) + 1])
-    more = len(page) > int(limit)
-    page = page[: int(limit)]
+    page = list(entries[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
     return page, (page[-1].seq if more else None)
 
 

@@ -287,6 +287,13 @@ def test_logs_limit_pages_through_next_links_keeping_the_filters(api, finished):
         ("limit=0", "limit"),
         ("limit=5001", "limit"),
         ("limit=ten", "limit"),
+        # str.isdigit() passes a superscript two, which int() refuses, and int() reads other
+        # scripts' digits: only ASCII digits are numbers here.
+        ("after=%C2%B2", "after"),
+        ("after=%EF%BC%91", "after"),  # fullwidth 1
+        pytest.param("after=" + "9" * 5000, "after", id="after=9x5000"),  # int() reads 4300
+        ("limit=%C2%B2", "limit"),
+        ("limit=%EF%BC%91", "limit"),
     ],
 )
 def test_invalid_log_query_is_400_naming_the_param(api, finished, query, named):

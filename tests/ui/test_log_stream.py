@@ -85,6 +85,25 @@ def test_stream_resumes_after_last_event_id_without_repeating(finished_run):
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "resume",
+    [
+        {"headers": {"Last-Event-ID": "\u00b2"}},  # superscript 2: isdigit() but not int()
+        {"data": {"after": "\u00b2"}},
+        {"data": {"after": "\uff11"}},  # fullwidth 1, which int() reads
+    ],
+)
+def test_stream_starts_from_the_first_line_when_the_seq_is_not_ascii_digits(finished_run, resume):
+    viewer = make_user("vic", "viewer")
+    url = f"/runs/{finished_run.number}/log/stream"
+    _, body = asyncio.run(_as(viewer, url))
+    _, again = asyncio.run(_as(viewer, url, **resume))
+    assert [e["id"] for e in events_of(again) if e["event"] == "line"] == [
+        e["id"] for e in events_of(body) if e["event"] == "line"
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_stream_filters_by_step_and_level(finished_run):
     viewer = make_user("vic", "viewer")
     _, body = asyncio.run(

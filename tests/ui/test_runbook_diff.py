@@ -37,6 +37,16 @@ def test_diff_of_a_single_version_says_there_is_nothing_to_compare(client, viewe
     assert Runbook.objects.get().versions.count() == 1
 
 
+def test_diff_takes_a_version_that_is_not_ascii_digits_as_not_given(client, viewer):
+    save(V1)
+    save(V1.replace("echo one", "echo two"))
+    client.force_login(viewer)
+    for query in ("from=%C2%B2", "to=%C2%B2", "from=%EF%BC%91"):  # superscript 2, fullwidth 1
+        page = client.get(f"/runbooks/diffed/diff?{query}")
+        assert page.status_code == 200, query
+        assert '<span class="d-add">+  - {id: a, shell: echo two}</span>' in page.text, query
+
+
 def test_diff_needs_a_role(client, outsider):
     save(V1)
     assert client.get("/runbooks/diffed/diff").status_code == 302

@@ -65,6 +65,16 @@ def test_run_list_pages_with_before(login, viewer, every_type, start_run):
     assert "Older runs" not in page
 
 
+@pytest.mark.parametrize("before", ["%C2%B2", "%EF%BC%91"])  # superscript 2, fullwidth 1
+def test_run_list_ignores_a_before_that_is_not_ascii_digits(
+    login, viewer, every_type, start_run, before
+):
+    run = start_run(every_type)
+    response = login(viewer).get(f"/runs/?before={before}")
+    assert response.status_code == 200
+    assert f"/runs/{run.number}/" in response.content.decode()
+
+
 def test_run_list_htmx_request_gets_the_table_only(login, viewer, every_type, start_run):
     start_run(every_type)
     response = login(viewer).get("/runs/", {"status": "queued"}, HTTP_HX_REQUEST="true")
@@ -188,6 +198,18 @@ def test_long_log_shows_its_tail_and_loads_earlier_lines(login, viewer, every_ty
     ).content.decode()
     assert earlier.count('class="log-line') == 200
     assert ">line 0<" in earlier and "Load earlier lines" not in earlier
+
+
+@pytest.mark.parametrize("param", ["before", "after"])
+@pytest.mark.parametrize("value", ["%C2%B2", "%EF%BC%91"])  # superscript 2, fullwidth 1
+def test_log_fragment_ignores_a_seq_that_is_not_ascii_digits(
+    login, viewer, every_type, start_run, param, value
+):
+    run = start_run(every_type)
+    _log(run, "first line")
+    response = login(viewer).get(f"/runs/{run.number}/log?{param}={value}", HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert "first line" in response.content.decode()
 
 
 def test_log_download_is_plain_text(login, viewer, every_type, start_run):
