@@ -60,6 +60,13 @@ class RunPagination(PagePagination):
             return self.cursor.get_paginated_response(data)
         return super().get_paginated_response(data)
 
+    def get_schema_operation_parameters(self, view):
+        cursor = NewestFirstCursorPagination().get_schema_operation_parameters(view)
+        return [
+            *super().get_schema_operation_parameters(view),
+            *(parameter for parameter in cursor if parameter["name"] == "cursor"),
+        ]
+
 
 def _columns() -> QuerySet[Run]:
     """Runs with only the columns the API shows of them (RunOutput.COLUMNS)."""

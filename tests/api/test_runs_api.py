@@ -1,7 +1,8 @@
 """The runs API: start, read, follow, cancel, retry and list runs (DESIGN.md section 5)."""
 
+import base64
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from django.db import connection
@@ -634,6 +635,48 @@ def test_run_list_cursor_pages_carry_the_count_of_matching_runs(api, deploy, fla
     assert list(body) == ["count", "next", "previous", "results"]
     assert body["count"] == 4 and len(body["results"]) == 2
     assert api.get(body["next"]).json()["count"] == 4
+
+
+def test_an_empty_cursor_starts_cursor_paging_from_the_newest_run(api, deploy):
+    bulk_runs(deploy, 3)
+    newest = Run.objects.order_by("-number").values_list("number", flat=True)[:2]
+    body = api.get("/api/v1/runs?cursor=&per_page=2").json()
+    assert [run["number"] for run in body["results"]] == list(newest)
+    assert body["previous"] is None and "cursor=" in body["next"]
+
+
+def cursor_of(text: str) -> str:
+    return quote(base64.b64encode(text.encode()).decode())
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "garbage",
+        "%C2%B2",
+        cursor_of("o=x"),
+        # DRF reads the position as it comes; ours is a run's number.
+        cursor_of("p=abc"),
+        cursor_of("p=1.5"),
+        cursor_of("p=\u00b2"),  # superscript 2: isdigit() but not int()
+        cursor_of("p=\uff11"),  # fullwidth 1, which int() reads
+        cursor_of("p=-1"),
+        cursor_of("r=1&p=" + "9" * 5000),  # more digits than int() reads
+    ],
+)
+def test_run_list_refuses_a_cursor_it_did_not_make_naming_it(api, deploy, cursor):
+    bulk_runs(deploy, 2)
+    response = api.get(f"/api/v1/runs?cursor={cursor}")
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["error"] == "validation-failed"
+    assert list(body["details"]) == ["cursor"]
+
+
+def test_run_list_cursor_paging_names_a_bad_per_page_and_cursor_together(api, deploy):
+    response = api.get("/api/v1/runs?cursor=garbage&per_page=0")
+    assert response.status_code == 400
+    assert sorted(response.json()["details"]) == ["cursor", "per_page"]
 
 
 def test_run_list_uses_the_same_number_of_queries_for_5_and_50_runs(

@@ -45,6 +45,15 @@ def test_only_runbooks_are_documented_as_taking_yaml(schema):
     assert takes_yaml == {"POST /api/v1/runbooks", "PUT /api/v1/runbooks/{slug}"}
 
 
+def test_the_run_list_documents_both_ways_of_paging(schema):
+    parameters = {p["name"]: p for p in schema["paths"]["/api/v1/runs"]["get"]["parameters"]}
+    assert {"page", "per_page", "cursor"} <= set(parameters)
+    assert parameters["page"]["schema"] == {"type": "integer", "minimum": 1}
+    assert parameters["per_page"]["schema"] == {"type": "integer", "minimum": 1}
+    assert parameters["cursor"]["schema"] == {"type": "string"}
+    assert "empty" in parameters["cursor"]["description"]
+
+
 def test_every_operation_that_takes_a_body_documents_its_body_errors(schema):
     with_body = [
         (path, method, operation["responses"])
