@@ -568,11 +568,37 @@ def test_run_list_filters(api, assorted, query, expected):
     assert response.json()["count"] == len(expected)
 
 
-def test_run_list_rejects_an_invalid_date_naming_it(api, db):
-    response = api.get("/api/v1/runs?since=yesterday")
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("since=yesterday", "since"),
+        # Valid times that are none in UTC, where the database compares them: Python's
+        # datetime ends at the years 1 and 9999.
+        ("since=0001-01-01T00:00:00%2B05:00", "since"),
+        ("until=0001-01-01T00:00:00%2B05:00", "until"),
+        ("until=9999-12-31T23:59:59-05:00", "until"),
+    ],
+)
+def test_run_list_rejects_an_invalid_time_naming_it(api, assorted, query, named):
+    response = api.get(f"/api/v1/runs?{query}")
     assert response.status_code == 400
     assert response.json()["error"] == "validation-failed"
-    assert list(response.json()["details"]) == ["since"]
+    assert list(response.json()["details"]) == [named]
+
+
+def test_run_list_takes_the_first_and_last_times_there_are(api, assorted):
+    for query in ("since=0001-01-01T00:00:00Z", "until=9999-12-31T23:59:59Z"):
+        assert api.get(f"/api/v1/runs?{query}").json()["count"] == 5, query
+
+
+@pytest.mark.parametrize("status", ["bogus", "failed,bogus", "FAILED", "pending"])
+def test_run_list_rejects_an_unknown_status_listing_the_known_ones(api, assorted, status):
+    response = api.get(f"/api/v1/runs?status={status}")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "validation-failed"
+    assert list(body["details"]) == ["status"]
+    assert "failed, timed_out, cancelled" in body["details"]["status"][0]
 
 
 def bulk_runs(runbook, n: int) -> None:

@@ -53,6 +53,12 @@ def test_run_list_filters_by_label_and_who_and_date(login, viewer, operator, eve
     assert "No runs match these filters" in page
 
 
+def test_run_list_says_which_filter_it_cannot_use(login, viewer, every_type, start_run):
+    start_run(every_type)
+    page = login(viewer).get("/runs/", {"status": "bogus"}).content.decode()
+    assert "status: unknown value &#x27;bogus&#x27;; one of queued," in page
+
+
 def test_run_list_pages_with_before(login, viewer, every_type, start_run):
     runs = [start_run(every_type) for _ in range(55)]
     client = login(viewer)
