@@ -87,6 +87,11 @@ class DenyInput(serializers.Serializer):
     reason = serializers.CharField(max_length=4000)
 
 
+# Read in any case: Python's requests sends True as "True".
+BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False,
+            "no": False, "off": False}  # fmt: skip
+
+
 class ApprovalViewSet(IdempotentMixin, viewsets.GenericViewSet):
     """Anyone with a role sees every approval; an approver without one sees theirs."""
 
@@ -121,16 +126,19 @@ class ApprovalViewSet(IdempotentMixin, viewsets.GenericViewSet):
     )
     def list(self, request: Request) -> Response:
         approvals = self.get_queryset()
+        errors: dict[str, list[str]] = {}
         status = request.query_params.get("status")
-        if status:
-            if status not in ApprovalStatus.values:
-                raise ValidationFailed(
-                    "Unknown status.",
-                    details={"status": [f"one of {', '.join(ApprovalStatus.values)}"]},
-                )
+        if status and status not in ApprovalStatus.values:
+            errors["status"] = [f"one of {', '.join(ApprovalStatus.values)}"]
+        elif status:
             approvals = approvals.filter(status=status)
-        if request.query_params.get("mine") in ("true", "1", "yes"):
+        mine = request.query_params.get("mine", "").lower()
+        if mine and mine not in BOOLEANS:
+            errors["mine"] = ["true or false"]
+        elif BOOLEANS.get(mine):
             approvals = approvals.decidable_by(request.user)
+        if errors:
+            raise ValidationFailed("Some query parameters are not valid.", details=errors)
         page = self.paginate_queryset(approvals)
         return self.get_paginated_response(
             ApprovalOutput(page, many=True, context={"request": request}).data

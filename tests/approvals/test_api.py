@@ -81,3 +81,28 @@ def test_user_with_no_role_and_no_approval_sees_nothing(setup):
     assert listing["count"] == 0
     _, approval, *_ = setup
     assert client_for(stranger).get(f"/api/v1/approvals/{approval.pk}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("mine=maybe", ["mine"]),
+        ("mine=2", ["mine"]),
+        ("status=bogus&mine=maybe", ["mine", "status"]),
+    ],
+)
+def test_list_rejects_a_mine_that_is_not_a_boolean_naming_it(setup, query, named):
+    *_, mallory = setup
+    response = client_for(mallory).get(f"/api/v1/approvals?{query}")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "validation-failed"
+    assert sorted(body["details"]) == named
+
+
+@pytest.mark.parametrize(("mine", "count"), [("True", 0), ("yes", 0), ("false", 1), ("0", 1)])
+def test_list_reads_mine_in_any_case(setup, mine, count):
+    """A viewer sees every approval; `mine` keeps those they may decide (none, for mallory).
+    Python's requests sends True as "True"."""
+    *_, mallory = setup
+    assert client_for(mallory).get(f"/api/v1/approvals?mine={mine}").json()["count"] == count
