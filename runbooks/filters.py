@@ -4,12 +4,12 @@ import django_filters
 from django.db.models import Q, QuerySet
 
 from runbooks.models import Runbook
-from runs.filters import LABEL_KEY
+from runs.filters import LabelFilter
 
 
 class RunbookFilter(django_filters.FilterSet):
     q = django_filters.CharFilter(method="filter_q", help_text="Search slug, name, description.")
-    label = django_filters.CharFilter(method="filter_label", help_text="key:value")
+    label = LabelFilter(help_text="key, key:value or key=value")
 
     class Meta:
         model = Runbook
@@ -19,11 +19,3 @@ class RunbookFilter(django_filters.FilterSet):
         return queryset.filter(
             Q(slug__icontains=value) | Q(name__icontains=value) | Q(description__icontains=value)
         )
-
-    def filter_label(self, queryset: QuerySet[Runbook], name: str, value: str) -> QuerySet[Runbook]:
-        key, sep, wanted = value.partition(":")
-        if "__" in key or not LABEL_KEY.fullmatch(key):
-            return queryset.none()
-        if not sep:
-            return queryset.filter(labels__has_key=key)
-        return queryset.filter(**{f"labels__{key}": wanted})

@@ -71,6 +71,40 @@ def params_validate(*, version: RunbookVersion, params: Mapping[str, Any]) -> di
         raise ValidationFailed("Some params are not valid.", details=details) from error
 
 
+MAX_LABELS = 50
+MAX_LABEL_KEY = 100
+MAX_LABEL_VALUE = 500
+
+
+def _check_labels(labels: object) -> None:
+    """Labels are a few short strings that filters can find (`label=key:value`): a key has no
+    ":" or "=", which end it in a filter. Every run of a list page carries its labels, so
+    their size is bounded."""
+    if labels is None:
+        return
+    if not (
+        isinstance(labels, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+    ):
+        raise ValidationFailed(
+            "labels must map strings to strings.",
+            details={"labels": ["must be an object of strings"]},
+        )
+    details: dict[str, list[str]] = {}
+    if len(labels) > MAX_LABELS:
+        details["labels"] = [f"at most {MAX_LABELS} labels"]
+    for key, value in labels.items():
+        problems = []
+        if not 1 <= len(key) <= MAX_LABEL_KEY or ":" in key or "=" in key:
+            problems.append(f"a key is 1 to {MAX_LABEL_KEY} characters, without ':' or '='")
+        if len(value) > MAX_LABEL_VALUE:
+            problems.append(f"a value is at most {MAX_LABEL_VALUE} characters")
+        if problems:
+            details[f"labels.{key}"] = problems
+    if details:
+        raise ValidationFailed("Some labels are not valid.", details=details)
+
+
 def run_create(
     *,
     runbook: Runbook,
@@ -94,14 +128,7 @@ def run_create(
         version = runbook.latest_version
         if version is None:
             raise Conflict(f"Runbook {runbook.slug!r} has no version to run.")
-    if labels is not None and not (
-        isinstance(labels, Mapping)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
-    ):
-        raise ValidationFailed(
-            "labels must map strings to strings.",
-            details={"labels": ["must be an object of strings"]},
-        )
+    _check_labels(labels)
     values = params_validate(version=version, params=params)
     shown, hidden = _split_secrets(version, values)
     definition = version_definition(version)

@@ -154,6 +154,26 @@ def test_start_run_of_archived_runbook_is_a_conflict(api, deploy, author):
     assert not Run.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("labels", "named"),
+    [
+        ({"": "x"}, "labels."),
+        ({"a:b": "x"}, "labels.a:b"),
+        ({"a=b": "x"}, "labels.a=b"),
+        ({"k" * 101: "x"}, "labels." + "k" * 101),
+        ({"k": "v" * 501}, "labels.k"),
+        ({f"k{i}": "v" for i in range(51)}, "labels"),
+    ],
+    ids=["empty-key", "colon", "equals", "long-key", "long-value", "too-many"],
+)
+def test_start_run_refuses_labels_no_filter_could_find_or_too_large(api, deploy, labels, named):
+    response = api.post("/api/v1/runs", {"runbook": "deploy", "labels": labels}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "validation-failed"
+    assert list(response.json()["details"]) == [named]
+    assert not Run.objects.exists()
+
+
 def test_start_run_rejects_non_string_labels(api, deploy):
     response = api.post("/api/v1/runs", {"runbook": "deploy", "labels": {"n": [1]}}, format="json")
     assert response.status_code == 400
@@ -584,6 +604,24 @@ def test_run_list_rejects_an_invalid_time_naming_it(api, assorted, query, named)
     assert response.status_code == 400
     assert response.json()["error"] == "validation-failed"
     assert list(response.json()["details"]) == [named]
+
+
+@pytest.mark.parametrize("key", ["équipe", "a__b", "app.kubernetes.io/name", "two words"])
+def test_run_list_finds_a_label_whatever_its_key(api, deploy, start_run, operator, key):
+    wanted = start_run(deploy, user=operator, labels={key: "sré"})
+    start_run(deploy, user=operator, labels={key: "other"})
+
+    for query in ({"label": f"{key}:sré"}, {"label": f"{key}=sré"}):
+        response = api.get("/api/v1/runs", query)
+        assert numbers(response) == [wanted.number], query
+    assert api.get("/api/v1/runs", {"label": key}).json()["count"] == 2
+
+
+@pytest.mark.parametrize("label", [":sre", "=sre"])
+def test_run_list_refuses_a_label_without_a_key(api, assorted, label):
+    response = api.get("/api/v1/runs", {"label": label})
+    assert response.status_code == 400
+    assert list(response.json()["details"]) == ["label"]
 
 
 def test_run_list_takes_the_first_and_last_times_there_are(api, assorted):
