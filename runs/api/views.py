@@ -269,9 +269,14 @@ def log_page(run: Run, query: Any) -> tuple[list[LogEntry], int | None]:
             entries = entries.filter(level__gte=LogLevel[level.upper()].value)
     step = query.get("step")
     if step:
-        entries = entries.filter(Q(step__key=step) | Q(step__number=step))
-        if not run.steps.filter(Q(key=step) | Q(number=step)).exists():
+        steps = run.steps.filter(Q(key=step) | Q(number=step))
+        number = steps.values_list("number", flat=True).first()
+        if number is None:
             errors["step"] = [f"run #{run.number} has no step {step!r}"]
+        else:  # a group's lines are those of the steps inside it too (2 holds 2.1, 2.1.3, ...)
+            entries = entries.filter(
+                Q(step__number=number) | Q(step__number__startswith=f"{number}.")
+            )
     limit = whole_number(query.get("limit", "1000"))
     if limit is None or not 1 <= limit <= MAX_LOG_LINES:
         errors["limit"] = [f"must be a whole number from 1 to {MAX_LOG_LINES}"]

@@ -271,6 +271,16 @@ def test_logs_filter_by_step_id_or_number(api, finished):
     assert by_id and {line["step_id"] for line in by_id} == {"left"}
 
 
+def test_logs_of_a_group_hold_the_lines_of_the_steps_inside_it(api, finished):
+    # deploy's step 2 is the group `fanout`, holding 2.1 `left` and 2.2 `right`; step 1 is
+    # `build`, and a step numbered 20 would not be inside 2.
+    by_id = api.get(f"/api/v1/runs/{finished.number}/logs?step=fanout").json()["results"]
+    by_number = api.get(f"/api/v1/runs/{finished.number}/logs?step=2").json()["results"]
+
+    assert by_id == by_number
+    assert {line["step_id"] for line in by_id} == {"left", "right"}
+
+
 def test_logs_after_returns_only_later_lines(api, finished):
     lines = api.get(f"/api/v1/runs/{finished.number}/logs").json()["results"]
     middle = lines[len(lines) // 2]["seq"]
