@@ -141,7 +141,7 @@ class RunbookViewSet(IdempotentMixin, viewsets.GenericViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(summary="Version history", responses={200: VersionOutput(many=True), **ERRORS})
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], filter_backends=[])
     def versions(self, request: Request, slug: str) -> Response:
         versions = self._get(slug).versions.select_related("created_by").order_by("-number")
         page = self.paginate_queryset(versions)

@@ -193,7 +193,7 @@ class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
         return self._out(run, status.HTTP_202_ACCEPTED)
 
     @extend_schema(summary="The step tree", responses={200: StepOutput(many=True), **ERRORS})
-    @action(detail=True, methods=["get"], pagination_class=None)
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def steps(self, request: Request, number: str) -> Response:
         run = _run_or_404(number)
         return Response(StepOutput(step_tree(run), many=True).data)
@@ -229,7 +229,7 @@ class RunViewSet(IdempotentMixin, viewsets.GenericViewSet):
         return Response({"outputs": run.outputs, "steps": dict(steps)})
 
     @extend_schema(summary="Artifacts", responses={200: ArtifactOutput(many=True), **ERRORS})
-    @action(detail=True, methods=["get"], pagination_class=None)
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def artifacts(self, request: Request, number: str) -> Response:
         run = _run_or_404(number)
         artifacts = Artifact.objects.filter(run=run).select_related("step").order_by("pk")
