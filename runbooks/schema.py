@@ -713,6 +713,8 @@ def load_definition_text(text: str) -> RunbookDefinition:
         raise DefinitionError([DefinitionIssue("", _yaml_message(exc))]) from None
     except _DuplicateJsonKey as exc:
         raise DefinitionError([DefinitionIssue("", str(exc))]) from None
+    except RecursionError:
+        raise DefinitionError([DefinitionIssue("", "the text is nested too deeply")]) from None
     except ValueError as exc:
         # A value the loaders parse but Python cannot hold: an integer of over 4,300 digits,
         # or a YAML date that does not exist (2026-13-45). The advice after ";" is for

@@ -7,6 +7,7 @@ failed with a server error leaves no record, so it can be retried.
 """
 
 import hashlib
+import json
 from datetime import timedelta
 
 from django.db import IntegrityError, transaction
@@ -36,6 +37,15 @@ def records_purge() -> int:
     return IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()[0]
 
 
+def _canonical(body: bytes) -> bytes:
+    """A JSON body as its content, whatever its spacing and key order, so that a client that
+    re-encodes a retry is not told it sent another request; any other body as it is."""
+    try:
+        return json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, RecursionError):  # not JSON (a YAML runbook), or not UTF-8
+        return body
+
+
 class IdempotentMixin:
     # For DRF views: replays POSTs that carry an Idempotency-Key. (A comment, not a docstring:
     # drf-spectacular would make a docstring the description of every operation of a view
@@ -55,7 +65,7 @@ class IdempotentMixin:
             raise DomainError(
                 "Idempotency-Key is too long.", details={HEADER: ["at most 255 characters"]}
             )
-        body_hash = hashlib.sha256(request._request.body).hexdigest()
+        body_hash = hashlib.sha256(_canonical(request._request.body)).hexdigest()
         fingerprint = {"method": request.method, "path": request.path, "body_hash": body_hash}
         try:
             with transaction.atomic():

@@ -7,12 +7,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.api.idempotency import IdempotentMixin
-from config.api.parsers import YamlParser, YamlText
+from config.api.parsers import JsonParser, YamlParser, YamlText
 from config.api.permissions import RolePermission
 from config.api.schema import ERRORS
 from config.errors import NotFound, ValidationFailed
@@ -89,7 +88,7 @@ def _definition(request: Request) -> tuple[RunbookDefinition, str]:
 class RunbookViewSet(IdempotentMixin, viewsets.GenericViewSet):
     permission_classes = [RolePermission]
     write_role = "author"
-    parser_classes = [JSONParser, YamlParser]  # only runbooks are written in YAML
+    parser_classes = [JsonParser, YamlParser]  # only runbooks are written in YAML
     lookup_field = "slug"
     filterset_class = RunbookFilter
     serializer_class = RunbookOutput

@@ -63,6 +63,24 @@ def test_same_key_with_another_body_is_422(api, deploy):
     assert Run.objects.count() == 1
 
 
+def test_the_same_json_spaced_or_ordered_otherwise_is_the_same_request(api, deploy):
+    first = api.post(
+        "/api/v1/runs",
+        '{"runbook": "deploy", "params": {"service": "web"}}',
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="k-json",
+    )
+    again = api.post(
+        "/api/v1/runs",
+        '{"params":{"service":"web"},"runbook":"deploy"}',
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="k-json",
+    )
+    assert first.status_code == again.status_code == 202
+    assert again["Idempotent-Replayed"] == "true"
+    assert Run.objects.count() == 1
+
+
 def test_same_key_on_another_endpoint_is_422(api, deploy):
     run = post(api, START, "k-1").json()
     response = post(api, START, "k-1", path=f"/api/v1/runs/{run['number']}/cancel")

@@ -174,6 +174,16 @@ def test_start_run_refuses_labels_no_filter_could_find_or_too_large(api, deploy,
     assert not Run.objects.exists()
 
 
+@pytest.mark.parametrize("headers", [{}, {"HTTP_IDEMPOTENCY_KEY": "deep"}], ids=["plain", "key"])
+def test_a_json_body_nested_too_deeply_is_a_400(api, deploy, headers):
+    body = "[" * 100_000 + "]" * 100_000
+    response = api.post("/api/v1/runs", body, content_type="application/json", **headers)
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad-request"
+    assert "nested too deeply" in response.json()["message"]
+    assert not Run.objects.exists()
+
+
 def test_start_run_rejects_non_string_labels(api, deploy):
     response = api.post("/api/v1/runs", {"runbook": "deploy", "labels": {"n": [1]}}, format="json")
     assert response.status_code == 400

@@ -869,6 +869,12 @@ def test_a_value_python_cannot_hold_is_a_definition_error(text: str, reason: str
     assert "set_int_max_str_digits" not in issue.message
 
 
+def test_text_nested_too_deeply_is_a_definition_error() -> None:
+    with pytest.raises(DefinitionError) as caught:
+        load_definition_text("slug: demo\nname: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    assert caught.value.errors == [DefinitionIssue("", "the text is nested too deeply")]
+
+
 def test_duplicate_json_key_is_rejected() -> None:
     with pytest.raises(DefinitionError, match="invalid JSON: duplicate key 'slug'"):
         load_definition_text('{"slug": "a", "slug": "b", "name": "x", "steps": []}')
