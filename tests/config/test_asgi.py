@@ -266,6 +266,14 @@ def test_a_body_over_the_limit_is_refused_before_django_sees_it(db, monkeypatch)
     assert started == []
 
 
+@pytest.mark.parametrize("digits", [19, 5000])
+def test_a_content_length_of_absurd_size_is_refused_as_too_large(db, digits):
+    app = build_application(threads=1)
+    sent = call(app, "POST", "/api/v1/tokens", {"Content-Length": "9" * digits})
+    shut_down(app)
+    assert sent[0]["status"] == 413
+
+
 def test_bodies_held_at_once_are_bounded_and_released_when_answered(db, monkeypatch):
     """A process refuses (503) a body that would take what it holds of request bodies over
     MAX_BUFFERED, so slow senders cannot fill its memory; what an answered request held is
