@@ -106,6 +106,10 @@ def approval_decide(
         except ParamsError as error:
             details = {f"values.{name}": messages for name, messages in error.errors.items()}
             raise ValidationFailed("Some form values are not valid.", details=details) from error
+    # An approver may type a secret param's value: masked here, it reaches no log, output,
+    # error or API answer, as with what steps print.
+    masker = run_services.run_masker(run)
+    comment, coerced = masker.text(comment), masker.data(coerced)
     Decision.objects.create(
         approval=approval,
         user=user,

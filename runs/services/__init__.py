@@ -17,6 +17,7 @@ from runs.services.advance import (
     lock_run,
     run_advance,
     run_cancel,
+    run_masker,
     template_context,
 )
 from runs.services.artifacts import (
@@ -67,6 +68,7 @@ __all__ = [
     "run_advance",
     "run_cancel",
     "run_create",
+    "run_masker",
     "run_retry",
     "run_transition",
     "step_claim",

@@ -73,7 +73,8 @@ def template_context(
     }
 
 
-def _masker(run: Run) -> secrets.Masker:
+def run_masker(run: Run) -> secrets.Masker:
+    """Replaces the run's secret values with the mask in what the run's steps produce."""
     try:
         return secrets.Masker(secrets.unseal(run.sealed_secrets).values())
     except secrets.SecretsUnreadable:
@@ -124,7 +125,7 @@ def _relock(run: Run) -> Run:
 def _render_run_outputs(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
     definition = version_definition(run.version)
     context = template_context(run, [(s.key, s.status, s.outputs) for s in steps])
-    masker = _masker(run)
+    masker = run_masker(run)
     return {
         name: masker.text(templating.render(template, context))
         for name, template in definition.outputs.items()
@@ -253,7 +254,7 @@ def _open_gates(run: Run, gates: list[Step]) -> bool:
     from approvals.services import approval_open  # approvals builds on runs
 
     context = template_context(run)
-    masker = _masker(run)
+    masker = run_masker(run)
     specs = version_steps(run.version)
     for step in gates:
         spec = specs[step.key].approval

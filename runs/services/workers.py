@@ -16,7 +16,7 @@ from config.prepared import PreparedQuery
 from runbooks.durations import duration_delta
 from runbooks.services import version_last_steps, version_steps
 from runs.models import LogEntry, LogLevel, Run, Step, StepAttempt
-from runs.services.advance import VERSION_HEAVY, _enqueue, _masker, _relock, run_advance
+from runs.services.advance import VERSION_HEAVY, _enqueue, _relock, run_advance, run_masker
 from runs.services.events import (
     _events_batched,
     _record_event,
@@ -288,7 +288,7 @@ def _record_results_alike(run: Run, ended: list["Ended"], worker: str, now: Any)
     number, status, exit code, error and outputs: in a fan-out, nearly all) into one UPDATE
     of their steps and one of their attempts. Returns, per step, whether the worker still
     held it (a step whose lease was taken back is left alone, as `step_finish` does)."""
-    masker = _masker(run)
+    masker = run_masker(run)
     held = set(
         Step.objects.filter(
             pk__in=[e.step.pk for e in ended], status=StepStatus.RUNNING, lease_owner=worker
@@ -346,7 +346,7 @@ def _record_result(
 
     With `defer_attempt`, an ended step's StepAttempt row is left to the caller, who may
     write it together with the next step's (`_claim`'s `ended`)."""
-    masker = _masker(run)
+    masker = run_masker(run)
     error = masker.text(result.error)
     guard = Q(lease_owner=worker, attempt=step.attempt)
     if _will_retry(run, step, result, now):

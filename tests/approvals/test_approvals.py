@@ -277,3 +277,51 @@ def test_failed_webhook_is_logged_on_the_run_and_changes_nothing(gated, people, 
     assert LogEntry.objects.filter(run=run, message__startswith="approval webhook failed").exists()
     run.refresh_from_db()
     assert run.status == "waiting"
+
+
+def test_a_secret_an_approver_types_is_masked_everywhere_it_goes(make_runbook, people):
+    runbook = make_runbook(
+        """
+        slug: keyed
+        name: Keyed gate
+        params:
+          - {name: token, type: secret}
+        steps:
+          - id: gate
+            approval:
+              message: "Go?"
+              approvers: {users: [alice, bob]}
+              fields:
+                - {name: note, type: text, required: false}
+        """
+    )
+    secret = "hunter2-typed-by-an-approver"
+    approved = drain_until_waiting(
+        run_create(runbook=runbook, params={"token": secret}, user=people["olivia"], origin="ui")
+    )
+    approval_decide(
+        approval=Approval.objects.get(run=approved),
+        user=people["alice"],
+        approve=True,
+        comment=f"token is {secret}",
+        values={"note": f"used {secret}"},
+    )
+    denied = drain_until_waiting(
+        run_create(runbook=runbook, params={"token": secret}, user=people["olivia"], origin="ui")
+    )
+    approval_decide(
+        approval=Approval.objects.get(run=denied),
+        user=people["bob"],
+        approve=False,
+        comment=f"not with {secret}",
+    )
+
+    stored = [
+        *Decision.objects.values_list("comment", "values"),
+        *Run.objects.values_list("error", "outputs"),
+        *LogEntry.objects.values_list("message", flat=True),
+        *(s.outputs for run in (approved, denied) for s in run.steps.all()),
+        *(s.error for run in (approved, denied) for s in run.steps.all()),
+    ]
+    assert secret not in json.dumps(stored, default=str)
+    assert step(drain(approved), "gate").outputs["note"] == "used ***"
