@@ -240,6 +240,9 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # JSON everywhere; runbooks also take YAML (their views add config.api.parsers.YamlParser).
     "DEFAULT_PARSER_CLASSES": ["config.api.parsers.JsonParser"],
+    # Every answer is JSON; `?format=` is ignored like any parameter the API does not know
+    # (DRF would answer 404 to a format it has no renderer for).
+    "URL_FORMAT_OVERRIDE": None,
     "DEFAULT_FILTER_BACKENDS": ["config.api.filtering.FilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "config.api.pagination.PagePagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

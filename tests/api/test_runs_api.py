@@ -644,6 +644,13 @@ def test_run_list_refuses_a_label_without_a_key(api, assorted, label):
     assert list(response.json()["details"]) == ["label"]
 
 
+@pytest.mark.parametrize("format_", ["api", "json", "xml"])
+def test_a_format_parameter_is_ignored_like_any_unknown_one(api, assorted, format_):
+    response = api.get("/api/v1/runs", {"format": format_})
+    assert response.status_code == 200
+    assert response.json()["count"] == 5
+
+
 def test_run_list_takes_the_first_and_last_times_there_are(api, assorted):
     for query in ("since=0001-01-01T00:00:00Z", "until=9999-12-31T23:59:59Z"):
         assert api.get(f"/api/v1/runs?{query}").json()["count"] == 5, query
