@@ -12,6 +12,7 @@ from django.db.models import Case, DateTimeField, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from config.errors import InvalidTransition
 from config.prepared import PreparedQuery
 from runbooks.durations import duration_delta
 from runbooks.services import version_last_steps, version_steps
@@ -68,8 +69,21 @@ def _claim(
         _attempt_write(ended, opened)
     run = step.run
     if run.status in (RunStatus.QUEUED, RunStatus.WAITING):
-        run_transition(run=run, to=RunStatus.RUNNING, started_at=run.started_at or now)
+        _mark_running(run, now)
     return True
+
+
+def _mark_running(run: Run, now: Any) -> None:
+    """Moves the run the claimed step belongs to to running. Workers claiming two of its
+    steps at once (a parallel group's first ones) both read it queued; the one whose update
+    comes second finds it running already, which is what it wanted: its claim stands."""
+    try:
+        run_transition(run=run, to=RunStatus.RUNNING, started_at=run.started_at or now)
+    except InvalidTransition:
+        status = Run.objects.filter(pk=run.pk).values_list("status", flat=True).get()
+        if status != RunStatus.RUNNING:
+            raise
+        run.status = status
 
 
 def _ready_steps(run_pk: int) -> Any:

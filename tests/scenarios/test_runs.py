@@ -14,8 +14,16 @@ from django.utils import timezone
 
 from config.errors import Conflict, ValidationFailed
 from runs import runner
-from runs.models import Artifact, LogEntry, LogLevel, Run, RunEvent, StepAttempt
-from runs.services import StepResult, run_cancel, run_create, run_retry, step_claim, step_finish
+from runs.models import Artifact, LogEntry, LogLevel, Run, RunEvent, Step, StepAttempt
+from runs.services import (
+    StepResult,
+    run_cancel,
+    run_create,
+    run_retry,
+    step_claim,
+    step_finish,
+    workers,
+)
 from tests.conftest import drain, wait_for
 
 
@@ -751,6 +759,28 @@ def test_sequential_steps_and_groups_run_in_order_with_every_event(make_runbook)
         (key, 1, "succeeded", 0) for key in "abde"
     ]
     assert all(a.worker and a.pid and a.started_at <= a.finished_at for a in attempts)
+
+
+def test_two_workers_starting_a_parallel_runs_first_steps_at_once_both_claim(make_runbook):
+    # Each worker read the run queued before the other's claim committed (PostgreSQL claims
+    # run side by side): the second's move of the run to running finds it moved already. Its
+    # claim stood rolled back before, and its step waited for a sibling to end.
+    runbook = make_runbook(
+        "slug: fan\nname: Fan\nsteps: [{id: fan, parallel: true, steps: ["
+        "{id: a, shell: 'true'}, {id: b, shell: 'true'}]}]"
+    )
+    run = start(runbook)
+    a, b = Step.objects.filter(run=run, status="queued").select_related("run").order_by("position")
+    assert a.run.status == b.run.status == "queued"
+
+    assert workers._claim(a, "w1")
+    assert workers._claim(b, "w2")
+
+    run.refresh_from_db()
+    assert run.status == "running"
+    assert set(run.steps.filter(key__in=["a", "b"]).values_list("status", flat=True)) == {"running"}
+    started = RunEvent.objects.filter(run=run, step=None, to_status="running")
+    assert started.count() == 1
 
 
 def test_a_stale_upcoming_step_is_checked_not_trusted(make_runbook):
