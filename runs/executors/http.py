@@ -18,11 +18,16 @@ MAX_BODY = 1024 * 1024  # bytes of a response body kept in outputs
 
 def _request(spec: Any, context: dict[str, Any]) -> dict[str, Any]:
     http = spec.http
+    url = httpx.URL(templating.render(http.url, context, mode="url"))
+    if http.query:
+        # Added to the URL's own query string. (httpx's `params=` would replace it, even empty.)
+        url = url.copy_merge_params(
+            {k: templating.render(v, context) for k, v in http.query.items()}
+        )
     request: dict[str, Any] = {
         "method": http.method,
-        "url": templating.render(http.url, context, mode="url"),
+        "url": str(url),
         "headers": {k: templating.render(v, context) for k, v in http.headers.items()},
-        "params": {k: templating.render(v, context) for k, v in http.query.items()},
     }
     if http.json_ is not None:
         request["json"] = templating.render_value(http.json_, context)

@@ -509,6 +509,12 @@ def test_artifacts_are_kept(make_runbook):
 
 
 class _Api(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps({"path": self.path}).encode())
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         status = 202 if body.get("replicas") == 3 else 400
@@ -563,6 +569,26 @@ def test_http_step_sends_typed_json_and_exposes_the_response(make_runbook, api_s
     assert outputs["json"]["path"] == "/services/a%2Fb%20c/restart"
     assert outputs["json"]["auth"] == "Bearer ***"
     assert "status 202 /services/a%2Fb%20c/restart" in logs(run, "show")
+
+
+def test_http_step_keeps_the_urls_query_string_and_adds_query_to_it(make_runbook, api_server):
+    runbook = make_runbook(
+        f"""
+        slug: http-query
+        name: HTTP query
+        steps:
+          - id: plain
+            http: {{url: "{api_server}/search?term=abc&page=2"}}
+          - id: added
+            http:
+              url: "{api_server}/search?term=abc"
+              query: {{extra: "a b/c"}}
+        """
+    )
+    run = drain(start(runbook))
+    assert run.status == "succeeded"
+    assert steps(run)["plain"].outputs["json"]["path"] == "/search?term=abc&page=2"
+    assert steps(run)["added"].outputs["json"]["path"] == "/search?term=abc&extra=a+b%2Fc"
 
 
 def test_http_step_fails_on_an_unexpected_status(make_runbook, api_server):
