@@ -4,12 +4,15 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
 
+from django.core.files import File
 from django.db.models import Count, Q, QuerySet
+from django.http import Http404
+from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from approvals.models import Approval
 from config.prepared import PreparedQuery
-from runs.models import Run, Step
+from runs.models import Artifact, Run, Step
 from runs.state import RUN_TERMINAL, RunStatus, StepStatus
 
 
@@ -137,3 +140,15 @@ def run_stats(*, period: str, runbook: str | None = None) -> dict:
         "duration_ms": {"p50": _percentile(durations, 0.5), "p95": _percentile(durations, 0.95)},
         "daily": breakdown,
     }
+
+
+def artifact_file(pk: int) -> tuple[File, str]:
+    """An artifact's file, open, and the name to download it as. Http404 when there is no
+    such artifact, or its file is gone from STEPWISE_MEDIA_DIR (removed by hand, or a
+    restored database without its files)."""
+    artifact = get_object_or_404(Artifact, pk=pk)
+    try:
+        opened = artifact.file.open("rb")
+    except FileNotFoundError:
+        raise Http404(f"The file of artifact {pk} is no longer stored.") from None
+    return opened, artifact.name.rsplit("/", 1)[-1]

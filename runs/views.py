@@ -18,7 +18,7 @@ from django.http import (
     HttpResponse,
     StreamingHttpResponse,
 )
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
@@ -247,10 +247,8 @@ def run_log_download(request: HttpRequest, number: int) -> StreamingHttpResponse
 @role_required("viewer")
 @require_GET
 def artifact_download(request: HttpRequest, pk: int) -> FileResponse:
-    artifact = get_object_or_404(Artifact, pk=pk)
-    return FileResponse(
-        artifact.file.open("rb"), as_attachment=True, filename=artifact.name.rsplit("/", 1)[-1]
-    )
+    opened, name = selectors.artifact_file(pk)
+    return FileResponse(opened, as_attachment=True, filename=name)
 
 
 # --- Actions ----------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         if not throttle.allow_request(context["request"], context["view"]):
             exc = exceptions.Throttled(wait=throttle.wait())
     if isinstance(exc, Http404):
-        exc = exceptions.NotFound()
+        exc = exceptions.NotFound(str(exc) or None)
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
     response = drf_exception_handler(exc, context)

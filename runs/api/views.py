@@ -4,7 +4,6 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.http import FileResponse
-from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
@@ -297,10 +296,8 @@ class ArtifactDownloadView(GenericAPIView):
         responses={(200, "*/*"): OpenApiTypes.BINARY, **ERRORS},
     )
     def get(self, request: Request, pk: int) -> FileResponse:
-        artifact = get_object_or_404(Artifact, pk=pk)
-        return FileResponse(
-            artifact.file.open("rb"), as_attachment=True, filename=artifact.name.rsplit("/", 1)[-1]
-        )
+        opened, name = selectors.artifact_file(pk)
+        return FileResponse(opened, as_attachment=True, filename=name)
 
 
 class StatsQuery(serializers.Serializer):

@@ -1,6 +1,7 @@
 """The runs API: start, read, follow, cancel, retry and list runs (DESIGN.md section 5)."""
 
 import base64
+import os
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -11,7 +12,7 @@ from django.utils import timezone
 
 from runbooks.services import runbook_archive
 from runs import services
-from runs.models import Run
+from runs.models import Artifact, Run
 from runs.secrets import unseal
 from tests.conftest import drain, make_user
 
@@ -378,6 +379,23 @@ def test_artifacts_list_and_download(api, finished):
     assert download.status_code == 200
     assert b"".join(download.streaming_content) == b"report for api\n"
     assert download["Content-Disposition"] == 'attachment; filename="report.txt"'
+
+
+def test_download_of_an_artifact_whose_file_is_gone_is_404(api, finished, client, viewer):
+    artifact = Artifact.objects.get(run=finished)
+    os.remove(artifact.file.path)  # removed by hand, or a database restored without its files
+
+    response = api.get(f"/api/v1/artifacts/{artifact.pk}/download")
+    client.force_login(viewer)
+    page = client.get(f"/runs/artifacts/{artifact.pk}/download")
+
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": "not-found",
+        "message": f"The file of artifact {artifact.pk} is no longer stored.",
+        "details": {},
+    }
+    assert page.status_code == 404
 
 
 def test_download_of_unknown_artifact_is_404(api, db):
