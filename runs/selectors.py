@@ -117,13 +117,15 @@ def run_stats(*, period: str, runbook: str | None = None) -> dict:
         "status", "created_at", "started_at", "finished_at"
     ).iterator():
         totals[status] += 1
-        day = daily.setdefault(created.date().isoformat(), dict.fromkeys(RunStatus.values, 0))
+        # Days are the server's (TIME_ZONE), as `since` and `until` without an offset are.
+        local_day = timezone.localtime(created).date().isoformat()
+        day = daily.setdefault(local_day, dict.fromkeys(RunStatus.values, 0))
         day[status] += 1
         if started and finished and status in RUN_TERMINAL:
             durations.append(int((finished - started).total_seconds() * 1000))
     durations.sort()
     finished_count = sum(totals[s] for s in RUN_TERMINAL)
-    first_day = since.date()
+    first_day = timezone.localtime(since).date()
     breakdown = []
     for offset in range(PERIODS[period] + 1):
         date = (first_day + timedelta(days=offset)).isoformat()

@@ -4,6 +4,7 @@ import base64
 import os
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, quote, urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
@@ -838,6 +839,19 @@ def test_stats_count_runs_and_success_rate(api, finished, failed):
     assert sum(day["total"] for day in body["daily"]) == 2
     only = api.get("/api/v1/stats/runs?period=week&runbook=flaky").json()
     assert only["total"] == 1 and only["by_status"]["failed"] == 1
+
+
+def test_stats_count_days_in_the_servers_time_zone(api, finished, settings):
+    settings.TIME_ZONE = "Asia/Tokyo"  # UTC+9: 01:00 there is 16:00 the day before in UTC
+    tokyo = ZoneInfo("Asia/Tokyo")
+    moment = timezone.now().astimezone(tokyo).replace(hour=1, minute=0) - timedelta(days=1)
+    Run.objects.filter(pk=finished.pk).update(created_at=moment)
+
+    body = api.get("/api/v1/stats/runs?period=week").json()
+
+    counted = {day["date"]: day["total"] for day in body["daily"] if day["total"]}
+    assert counted == {moment.date().isoformat(): 1}
+    assert body["daily"][-1]["date"] == timezone.localdate().isoformat()
 
 
 def test_stats_reject_an_unknown_period(api, db):
