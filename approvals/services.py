@@ -175,7 +175,8 @@ def approval_expire(*, approval: Approval) -> bool:
     if approval.expires_at is None or approval.expires_at > timezone.now():
         return False
     _transition(approval, ApprovalStatus.EXPIRED)
-    waited = int((approval.expires_at - approval.opened_at).total_seconds())
+    # Rounded: expires_at is set a moment before the row's opened_at, so 2 s is 1.99 s here.
+    waited = round((approval.expires_at - approval.opened_at).total_seconds())
     reason = f"approval expired after {waited}s without a decision"
     run_services.log_system(run_id=run.pk, step=approval.step, message=reason, level=LogLevel.ERROR)
     _finish_step(run, approval.step, StepStatus.TIMED_OUT, error=reason)

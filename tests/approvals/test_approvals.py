@@ -186,6 +186,18 @@ def test_expired_approval_times_the_step_out(gated, people):
     assert run.status == "failed" and "expired" in run.error["message"]
 
 
+def test_an_expired_approval_says_the_timeout_it_had(gated, people):
+    run, approval = waiting_run(gated(), people["olivia"])
+    opened = timezone.now() - timedelta(seconds=3)
+    # As approval_open leaves them: the expiry is reckoned a moment before the row is made.
+    Approval.objects.filter(pk=approval.pk).update(
+        opened_at=opened, expires_at=opened + timedelta(seconds=2, microseconds=-50)
+    )
+    assert approvals_expire_due() == 1
+    run.refresh_from_db()
+    assert run.error["message"].endswith("approval expired after 2s without a decision")
+
+
 def test_cancelling_a_waiting_run_cancels_its_approval(gated, people):
     run, approval = waiting_run(gated(), people["olivia"])
     run = run_cancel(run=run, user=people["olivia"], reason="not today")
