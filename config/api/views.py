@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.permissions import IsAuthenticated
@@ -13,6 +14,7 @@ from rest_framework.views import APIView
 from config.api.idempotency import IdempotentMixin
 from config.api.permissions import role_of
 from config.api.schema import ERRORS
+from config.errors import ValidationFailed
 from config.models import ApiToken
 from config.services import TOKEN_MAX_DAYS, token_create, token_revoke
 
@@ -47,6 +49,26 @@ class NewTokenOutput(TokenOutput):
         fields = [*TokenOutput.Meta.fields, "token"]
 
 
+def _check_outlives_no_caller(request: Request, days: int | None) -> None:
+    """A token that expires makes only tokens that expire no later than it does, so that a
+    short-lived token (a CI job's) cannot make itself a permanent one."""
+    caller = request.auth if isinstance(request.auth, ApiToken) else None
+    if caller is None or caller.expiry is None:
+        return
+    left = (caller.expiry - timezone.now()).days  # whole days, so never past the caller
+    if days is None or days > left:
+        limit = "1 day" if left == 1 else f"{left} days"
+        reason = (
+            f"must be at most {limit}: the token making it expires then"
+            if left >= 1
+            else "the token making it expires within a day, so it cannot make tokens"
+        )
+        raise ValidationFailed(
+            "A token cannot make a token that outlives it.",
+            details={"expires_in_days": [reason]},
+        )
+
+
 class TokenViewSet(IdempotentMixin, viewsets.GenericViewSet):
     """Your own API tokens. The secret is shown once, when the token is made."""
 
@@ -72,6 +94,7 @@ class TokenViewSet(IdempotentMixin, viewsets.GenericViewSet):
         data = TokenInput(data=request.data)
         data.is_valid(raise_exception=True)
         days = data.validated_data.get("expires_in_days")
+        _check_outlives_no_caller(request, days)
         token, secret = token_create(
             user=request.user,
             name=data.validated_data["name"],

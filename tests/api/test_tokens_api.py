@@ -10,6 +10,7 @@ from knox.crypto import hash_token
 from rest_framework.test import APIClient
 
 from config.models import ApiToken, IdempotencyRecord
+from config.services import token_create
 from tests.api.conftest import api_client, bearer
 from tests.conftest import make_user
 
@@ -165,6 +166,22 @@ def test_an_idempotent_replay_makes_no_second_token_and_the_secret_is_stored_now
     assert ApiToken.objects.count() == 2  # the client's own, and the one made here
     kept = IdempotencyRecord.objects.values().get()
     assert all(secret not in str(value) for value in kept.values())
+
+
+def test_a_token_that_expires_makes_only_tokens_that_expire_no_later(viewer):
+    short = APIClient()
+    short.credentials(
+        HTTP_AUTHORIZATION=f"Bearer {token_create(user=viewer, name='ci', expires_in=timedelta(days=3))[1]}"
+    )
+    for body in ({"name": "forever"}, {"name": "longer", "expires_in_days": 3}):
+        refused = short.post("/api/v1/tokens", body, format="json")
+        assert refused.status_code == 400, body
+        assert refused.json()["details"] == {
+            "expires_in_days": ["must be at most 2 days: the token making it expires then"]
+        }
+    made = short.post("/api/v1/tokens", {"name": "ok", "expires_in_days": 2}, format="json")
+    assert made.status_code == 201
+    assert ApiToken.objects.filter(user=viewer).count() == 2
 
 
 def test_me_with_a_token(viewer):
