@@ -94,7 +94,9 @@ class RunbookViewSet(IdempotentMixin, viewsets.GenericViewSet):
     serializer_class = RunbookOutput
 
     def get_queryset(self) -> QuerySet[Runbook]:
-        return Runbook.objects.active().select_related("latest_version").order_by("slug")
+        runbooks = Runbook.objects.select_related("latest_version").order_by("slug")
+        # Active ones only, unless the list asks by `archived` (RunbookFilter narrows it then).
+        return runbooks if self.request.query_params.get("archived") else runbooks.active()
 
     def _get(self, slug: str) -> Runbook:
         runbook = Runbook.objects.select_related("latest_version").filter(slug=slug).first()

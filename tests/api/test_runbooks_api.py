@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from runbooks.models import Runbook, RunbookVersion
+from runbooks.services import runbook_archive
 from runs.models import Run
 from tests.api.conftest import DEPLOY, api_client, bearer, race
 
@@ -344,6 +345,29 @@ def test_runbook_list_filters(api, several, query, slugs):
     body = response.json()
     assert [rb["slug"] for rb in body["results"]] == slugs
     assert body["count"] == len(slugs)
+
+
+@pytest.mark.parametrize(
+    ("query", "slugs"),
+    [
+        ("", ["deploy", "hello"]),
+        ("archived=true", ["backup"]),
+        ("archived=TRUE&q=nightly", ["backup"]),
+        ("archived=false", ["deploy", "hello"]),
+        ("archived=", ["deploy", "hello"]),
+    ],
+)
+def test_runbook_list_shows_archived_runbooks_only_when_asked(api, several, author, query, slugs):
+    runbook_archive(runbook=Runbook.objects.get(slug="backup"), user=author)
+    response = api.get(f"/api/v1/runbooks?{query}")
+    assert response.status_code == 200
+    assert [rb["slug"] for rb in response.json()["results"]] == slugs
+
+
+def test_runbook_list_refuses_an_archived_that_is_not_a_boolean(api, several):
+    response = api.get("/api/v1/runbooks?archived=maybe")
+    assert response.status_code == 400
+    assert response.json()["details"] == {"archived": ["must be true or false"]}
 
 
 def test_runbook_list_pages(api, several):
