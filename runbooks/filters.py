@@ -4,21 +4,19 @@ import django_filters
 from django import forms
 from django.db.models import Q, QuerySet
 
+from config.api.filtering import BOOLEANS
 from runbooks.models import Runbook
 from runs.filters import LabelFilter
 
 
 class StrictBooleanField(forms.Field):
-    """true or false (also 1/0, yes/no, on/off); anything else is an error, where Django's
-    NullBooleanField would quietly read it as no answer."""
-
-    VALUES = {"true": True, "1": True, "yes": True, "on": True}
-    VALUES |= {"false": False, "0": False, "no": False, "off": False}
+    """true or false (BOOLEANS); anything else is an error, where Django's NullBooleanField
+    would quietly read it as no answer."""
 
     def to_python(self, value: object) -> bool | None:
         if value in (None, ""):
             return None
-        answer = self.VALUES.get(str(value).lower())
+        answer = BOOLEANS.get(str(value).lower())
         if answer is None:
             raise forms.ValidationError("must be true or false", code="invalid")
         return answer

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from approvals.models import Approval, Decision
 from approvals.services import approval_decide
 from approvals.state import ApprovalStatus
+from config.api.filtering import BOOLEANS
 from config.api.idempotency import IdempotentMixin
 from config.api.permissions import has_role
 from config.api.schema import ERRORS
@@ -85,11 +86,6 @@ class ApproveInput(serializers.Serializer):
 
 class DenyInput(serializers.Serializer):
     reason = serializers.CharField(max_length=4000)
-
-
-# Read in any case: Python's requests sends True as "True".
-BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False,
-            "no": False, "off": False}  # fmt: skip
 
 
 class ApprovalViewSet(IdempotentMixin, viewsets.GenericViewSet):

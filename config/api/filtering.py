@@ -4,6 +4,11 @@ from django_filters.rest_framework import DjangoFilterBackend
 
 PAGING = frozenset({"page", "per_page", "cursor"})
 
+# How a query parameter says yes or no, read in any case (Python's requests sends True as
+# "True"); anything else is an error, not a no.
+BOOLEANS = {"true": True, "1": True, "yes": True, "on": True}
+BOOLEANS |= {"false": False, "0": False, "no": False, "off": False}
+
 
 class FilterBackend(DjangoFilterBackend):
     """A request whose only parameters are paging ones gets the queryset as it is: a
