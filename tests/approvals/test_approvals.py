@@ -308,25 +308,21 @@ def test_a_secret_an_approver_types_is_masked_everywhere_it_goes(make_runbook, p
         """
     )
     secret = "hunter2-typed-by-an-approver"
-    approved = drain_until_waiting(
-        run_create(runbook=runbook, params={"token": secret}, user=people["olivia"], origin="ui")
+
+    def decided(user: str, approve: bool, **typed) -> Run:
+        run = drain_until_waiting(
+            run_create(
+                runbook=runbook, params={"token": secret}, user=people["olivia"], origin="ui"
+            )
+        )
+        approval = Approval.objects.get(run=run)
+        approval_decide(approval=approval, user=people[user], approve=approve, **typed)
+        return run
+
+    approved = decided(
+        "alice", True, comment=f"token is {secret}", values={"note": f"used {secret}"}
     )
-    approval_decide(
-        approval=Approval.objects.get(run=approved),
-        user=people["alice"],
-        approve=True,
-        comment=f"token is {secret}",
-        values={"note": f"used {secret}"},
-    )
-    denied = drain_until_waiting(
-        run_create(runbook=runbook, params={"token": secret}, user=people["olivia"], origin="ui")
-    )
-    approval_decide(
-        approval=Approval.objects.get(run=denied),
-        user=people["bob"],
-        approve=False,
-        comment=f"not with {secret}",
-    )
+    denied = decided("bob", False, comment=f"not with {secret}")
 
     stored = [
         *Decision.objects.values_list("comment", "values"),
