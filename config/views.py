@@ -188,13 +188,6 @@ def _runs_per_day(first: date, last: date) -> list[dict[str, Any]]:
     return [{"day": day, "counts": by_day.get(day, {})} for day in _day_range(first, last)]
 
 
-def _percentile(values: list[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(fraction * (len(values) - 1))))]
-
-
 def _durations_per_day(first: date, last: date) -> list[dict[str, Any]]:
     since = timezone.make_aware(timezone.datetime.combine(first, timezone.datetime.min.time()))
     rows = Run.objects.filter(
@@ -211,8 +204,8 @@ def _durations_per_day(first: date, last: date) -> list[dict[str, Any]]:
     return [
         {
             "day": day,
-            "p50": _percentile(by_day.get(day, []), 0.5),
-            "p95": _percentile(by_day.get(day, []), 0.95),
+            "p50": selectors.percentile(by_day.get(day, []), 0.5),
+            "p95": selectors.percentile(by_day.get(day, []), 0.95),
         }
         for day in _day_range(first, last)
     ]

@@ -1,5 +1,6 @@
 """Reads of runs that span relations: step counts and current steps for a page of runs."""
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
@@ -96,11 +97,14 @@ def run_summaries(runs: Iterable[Run]) -> list[Run]:
 PERIODS = {"day": 1, "week": 7, "month": 30}
 
 
-def _percentile(sorted_values: list[int], fraction: float) -> int | None:
-    if not sorted_values:
+def percentile(values: list[float], fraction: float) -> float | None:
+    """The nearest-rank percentile: the smallest value that at least `fraction` of `values`
+    are at or below, so always one that was measured (p50 of 10, 20, 30, 40 is 20). None
+    when there are no values."""
+    if not values:
         return None
-    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
-    return sorted_values[index]
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def run_stats(*, period: str, runbook: str | None = None) -> dict:
@@ -123,7 +127,6 @@ def run_stats(*, period: str, runbook: str | None = None) -> dict:
         day[status] += 1
         if started and finished and status in RUN_TERMINAL:
             durations.append(int((finished - started).total_seconds() * 1000))
-    durations.sort()
     finished_count = sum(totals[s] for s in RUN_TERMINAL)
     first_day = timezone.localtime(since).date()
     breakdown = []
@@ -139,7 +142,7 @@ def run_stats(*, period: str, runbook: str | None = None) -> dict:
         "total": sum(totals.values()),
         "by_status": totals,
         "success_rate": (totals[RunStatus.SUCCEEDED] / finished_count) if finished_count else None,
-        "duration_ms": {"p50": _percentile(durations, 0.5), "p95": _percentile(durations, 0.95)},
+        "duration_ms": {"p50": percentile(durations, 0.5), "p95": percentile(durations, 0.95)},
         "daily": breakdown,
     }
 

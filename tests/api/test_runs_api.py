@@ -841,6 +841,18 @@ def test_stats_count_runs_and_success_rate(api, finished, failed):
     assert only["total"] == 1 and only["by_status"]["failed"] == 1
 
 
+def test_stats_give_duration_percentiles_in_milliseconds(api, finished, failed):
+    start = timezone.now() - timedelta(minutes=5)
+    for run, seconds in ((finished, 1.5), (failed, 3)):
+        Run.objects.filter(pk=run.pk).update(
+            started_at=start, finished_at=start + timedelta(seconds=seconds)
+        )
+
+    body = api.get("/api/v1/stats/runs?period=day").json()
+
+    assert body["duration_ms"] == {"p50": 1500, "p95": 3000}
+
+
 def test_stats_count_days_in_the_servers_time_zone(api, finished, settings):
     settings.TIME_ZONE = "Asia/Tokyo"  # UTC+9: 01:00 there is 16:00 the day before in UTC
     tokyo = ZoneInfo("Asia/Tokyo")
