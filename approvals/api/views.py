@@ -15,6 +15,7 @@ from approvals.services import approval_decide
 from approvals.state import ApprovalStatus
 from config.api.filtering import BOOLEANS
 from config.api.idempotency import IdempotentMixin
+from config.api.inputs import Input
 from config.api.permissions import has_role
 from config.api.schema import ERRORS
 from config.errors import NotFound, ValidationFailed
@@ -79,12 +80,12 @@ class ApprovalOutput(serializers.ModelSerializer):
         return self.context["request"].build_absolute_uri(f"/approvals/{approval.pk}/")
 
 
-class ApproveInput(serializers.Serializer):
+class ApproveInput(Input):
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=4000)
     values = serializers.DictField(required=False, default=dict)
 
 
-class DenyInput(serializers.Serializer):
+class DenyInput(Input):
     reason = serializers.CharField(max_length=4000)
 
 

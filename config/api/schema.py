@@ -66,6 +66,18 @@ class PydanticBody(OpenApiSerializerExtension):
         return openapi_30(schema)
 
 
+class InputBody(OpenApiSerializerExtension):
+    """A `config.api.inputs.Input` body as DRF describes it, plus `additionalProperties:
+    false`: it refuses keys it does not name."""
+
+    target_class = "config.api.inputs.Input"
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        return {**schema, "additionalProperties": False}
+
+
 def openapi_30(schema: Any) -> Any:
     """A pydantic JSON schema in OpenAPI 3.0's dialect: `anyOf` with {"type": "null"} becomes
     `nullable`, `const` a one-value `enum`, and pydantic's generated titles ("Continue On

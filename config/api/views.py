@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.idempotency import IdempotentMixin
+from config.api.inputs import Input
 from config.api.permissions import role_of
 from config.api.schema import ERRORS
 from config.errors import ValidationFailed
@@ -19,7 +20,7 @@ from config.models import ApiToken
 from config.services import TOKEN_MAX_DAYS, token_create, token_revoke
 
 
-class TokenInput(serializers.Serializer):
+class TokenInput(Input):
     name = serializers.CharField(max_length=100)
     expires_in_days = serializers.IntegerField(
         min_value=1, max_value=TOKEN_MAX_DAYS, required=False

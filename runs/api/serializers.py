@@ -9,6 +9,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.api.inputs import Input
 from runs.models import Artifact, LogEntry, LogLevel, Run, Step
 
 
@@ -26,18 +27,18 @@ def _error(error: dict[str, Any]) -> dict[str, str | None]:
     return {"message": str(error["message"]), "step": None if step is None else str(step)}
 
 
-class RunCreateInput(serializers.Serializer):
+class RunCreateInput(Input):
     runbook = serializers.SlugField()
     params = serializers.DictField(required=False, default=dict)
     title = serializers.CharField(required=False, allow_blank=True, max_length=300, default="")
     labels = serializers.DictField(child=serializers.CharField(), required=False, default=dict)
 
 
-class RunCancelInput(serializers.Serializer):
+class RunCancelInput(Input):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
-class RunRetryInput(serializers.Serializer):
+class RunRetryInput(Input):
     params = serializers.DictField(required=False)
     from_ = serializers.ChoiceField(choices=["start", "failed"], default="start")
 

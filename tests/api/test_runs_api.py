@@ -127,6 +127,27 @@ def test_start_run_rejects_a_body_without_runbook(api, deploy):
     assert "runbook" in response.json()["details"]
 
 
+def test_start_run_refuses_a_key_it_does_not_take_rather_than_use_the_defaults(api, deploy):
+    response = api.post(
+        "/api/v1/runs", {"runbook": "deploy", "parms": {"replicas": 2}}, format="json"
+    )
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "validation-failed"
+    assert body["details"] == {
+        "parms": ["unknown field; this endpoint takes runbook, params, title, labels"]
+    }
+    assert not Run.objects.exists()
+
+
+def test_an_unknown_key_is_named_beside_the_other_errors(api, deploy):
+    response = api.post("/api/v1/runs", {"runbok": "deploy"}, format="json")
+
+    assert response.status_code == 400
+    assert set(response.json()["details"]) == {"runbook", "runbok"}
+
+
 def test_start_run_refuses_a_yaml_body_saying_what_it_takes(api, deploy):
     # Only runbooks are written in YAML; elsewhere a YAML body is the wrong media type, not
     # an invalid JSON object.
@@ -460,6 +481,17 @@ def test_cancel_without_a_body_works(api, deploy, start_run):
     response = api.post(f"/api/v1/runs/{run.number}/cancel")
     assert response.status_code == 200
     assert response.json()["status"] in {"cancelling", "cancelled"}
+
+
+def test_cancel_with_a_misspelt_key_is_refused_and_cancels_nothing(api, deploy, start_run):
+    run = start_run(deploy)
+
+    response = api.post(f"/api/v1/runs/{run.number}/cancel", {"reson": "x"}, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()["details"]) == ["reson"]
+    run.refresh_from_db()
+    assert run.status not in {"cancelling", "cancelled"}
 
 
 def test_cancel_rejects_finished_run(api, finished):

@@ -80,6 +80,24 @@ def test_every_operation_that_takes_a_body_documents_its_body_errors(schema):
         assert responses["503"]["description"] == "unavailable", (method, path)
 
 
+def test_every_json_body_is_documented_as_taking_only_its_own_keys(schema):
+    # The endpoints refuse a key they do not name (config.api.inputs.Input, and the runbook
+    # definition's extra="forbid"); the schema says so, so clients and schemathesis know.
+    components = schema["components"]["schemas"]
+    bodies = {
+        operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        for operations in schema["paths"].values()
+        for operation in operations.values()
+        if "requestBody" in operation
+    }
+    open_bodies = [
+        ref
+        for ref in bodies
+        if components[ref.rsplit("/", 1)[1]].get("additionalProperties") is not False
+    ]
+    assert len(bodies) >= 6 and not open_bodies
+
+
 def _json_schema(node: Any) -> Any:
     """An OpenAPI 3.0 schema as plain JSON Schema, for jsonschema: `nullable` as a null type."""
     if isinstance(node, list):

@@ -63,6 +63,17 @@ def test_create_rejects_an_invalid_body(api, body, field):
     assert ApiToken.objects.count() == before
 
 
+def test_create_refuses_a_key_it_does_not_take(api):
+    # Ignoring a misspelt expiry would make a token that never expires.
+    tokens = ApiToken.objects.count()
+
+    response = api.post("/api/v1/tokens", {"name": "ci", "expires": 7}, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()["details"]) == ["expires"]
+    assert ApiToken.objects.count() == tokens
+
+
 def test_new_secret_works_as_a_bearer_token(api):
     secret = create(api)["token"]
     response = api_client(secret).get("/api/v1/me")

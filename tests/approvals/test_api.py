@@ -66,6 +66,18 @@ def test_outsider_gets_403_and_deny_without_reason_gets_400(setup):
     assert Approval.objects.get(pk=approval.pk).status == "pending"
 
 
+def test_a_misspelt_key_decides_nothing(setup):
+    _, approval, _, alice, _ = setup
+    response = client_for(alice).post(
+        f"/api/v1/approvals/{approval.pk}/approve",
+        {"comment": "ok", "value": {"window": "tonight"}},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert list(response.json()["details"]) == ["value"]
+    assert Approval.objects.get(pk=approval.pk).status == "pending"
+
+
 def test_invalid_form_values_are_named(setup):
     _, approval, _, alice, _ = setup
     response = client_for(alice).post(
