@@ -18,6 +18,7 @@ from config.errors import Conflict, InvalidTransition, PermissionDenied, Validat
 from runbooks.durations import duration_delta
 from runbooks.params import ParamsError, coerce_params
 from runbooks.schema import ApprovalSpec
+from runs import secrets
 from runs import services as run_services
 from runs.models import LogLevel, Run, Step
 from runs.state import StepStatus
@@ -106,8 +107,11 @@ def approval_decide(
         except ParamsError as error:
             details = {f"values.{name}": messages for name, messages in error.errors.items()}
             raise ValidationFailed("Some form values are not valid.", details=details) from error
+    if coerced:
+        _seal_typed_secrets(run, approval, coerced)
     # An approver may type a secret param's value: masked here, it reaches no log, output,
-    # error or API answer, as with what steps print.
+    # error or API answer, as with what steps print. So are the values of `secret` fields,
+    # just sealed on the run, where later steps read them as the gate's outputs.
     masker = run_services.run_masker(run)
     comment, coerced = masker.text(comment), masker.data(coerced)
     Decision.objects.create(
@@ -141,6 +145,24 @@ def approval_decide(
     _finish_step(run, step, StepStatus.SUCCEEDED, outputs=outputs)
     notifications.send_later(approval, "approved")
     return approval
+
+
+def _seal_typed_secrets(run: Run, approval: Approval, values: dict[str, Any]) -> None:
+    """Adds the values of the approval's `secret` fields to the run's sealed secrets (the
+    run is locked). A later approver's value replaces an earlier one's, as in the outputs."""
+    typed = {
+        spec.name: values[spec.name]
+        for spec in _fields(approval)
+        if spec.is_secret and values.get(spec.name) not in (None, "")
+    }
+    if not typed:
+        return
+    sealed = secrets.unseal_all(run.sealed_secrets)
+    by_step = secrets.step_secrets(sealed)
+    by_step[approval.step.key] = {**by_step.get(approval.step.key, {}), **typed}
+    sealed[secrets.STEP_SECRETS] = by_step
+    run.sealed_secrets = secrets.seal(sealed)
+    Run.objects.filter(pk=run.pk).update(sealed_secrets=run.sealed_secrets)
 
 
 def _fields(approval: Approval) -> list:

@@ -26,7 +26,7 @@ from runs import services, templating
 from runs.executors import http, shell, sleep
 from runs.executors.process import ProcessResult
 from runs.models import LogEntry, LogLevel, Step
-from runs.secrets import Masker, SecretsUnreadable, unseal
+from runs.secrets import Masker, SecretsUnreadable, secret_values, unseal_all
 from runs.state import StepStatus
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def execute(step: Step, worker: str, upcoming: list[Step] | None = None) -> serv
     run = step.run
     spec = version_steps(run.version)[step.key]
     try:
-        masker = Masker(unseal(run.sealed_secrets).values())
+        masker = Masker(secret_values(unseal_all(run.sealed_secrets)))
     except SecretsUnreadable as error:
         log = LogWriter(step, Masker([]))
         log.system(str(error), level=LogLevel.ERROR)
@@ -267,7 +267,7 @@ class _Member:
         self.pid_saved = False
         self.started = time.monotonic()
         try:
-            masker = Masker(unseal(step.run.sealed_secrets).values())
+            masker = Masker(secret_values(unseal_all(step.run.sealed_secrets)))
         except SecretsUnreadable as error:
             self.log = LogWriter(step, Masker([]))
             self.log.system(str(error), level=LogLevel.ERROR)

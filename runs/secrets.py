@@ -3,6 +3,10 @@
 Runs need the real values while their steps execute (and again when retried), so they are
 stored encrypted with a key derived from SECRET_KEY rather than thrown away; everything shown
 to people (logs, API, pages, outputs) goes through `Masker`.
+
+What an approver types into an approval's `secret` field is sealed on the run too, under
+STEP_SECRETS (a key no param name can be): later steps read it as the gate's output, while
+the gate's stored outputs and the decision show the mask.
 """
 
 import base64
@@ -24,6 +28,11 @@ def _fernet() -> Fernet:
     return Fernet(base64.urlsafe_b64encode(digest))
 
 
+#: Where approvers' secrets live in a run's sealed values: {step key: {field: value}}.
+#: Param names match ^[a-z_][a-z0-9_]*$, so none can be this.
+STEP_SECRETS = "@steps"
+
+
 def seal(values: Mapping[str, object]) -> str:
     if not values:
         return ""
@@ -38,6 +47,27 @@ class SecretsUnreadable(DomainError):
 
 
 def unseal(token: str) -> dict[str, object]:
+    """The secret params (without approvers' secrets: see `unseal_all`)."""
+    values = unseal_all(token)
+    values.pop(STEP_SECRETS, None)
+    return values
+
+
+def step_secrets(sealed: Mapping[str, object]) -> dict[str, dict[str, object]]:
+    """Approvers' secrets in `unseal_all`'s result, by step key."""
+    return dict(sealed.get(STEP_SECRETS) or {})  # type: ignore[call-overload]
+
+
+def secret_values(sealed: Mapping[str, object]) -> list[object]:
+    """Every secret value in `unseal_all`'s result: params' and approvers'."""
+    values = [value for name, value in sealed.items() if name != STEP_SECRETS]
+    for fields in step_secrets(sealed).values():
+        values.extend(fields.values())
+    return values
+
+
+def unseal_all(token: str) -> dict[str, object]:
+    """Everything sealed on a run: secret params by name, and STEP_SECRETS."""
     if not token:
         return {}
     try:

@@ -62,9 +62,15 @@ def template_context(
     """
     if steps is None:
         steps = run.steps.values_list("key", "status", "outputs")
+    sealed = secrets.unseal_all(run.sealed_secrets)
+    typed = secrets.step_secrets(sealed)  # what approvers typed into `secret` fields
+    sealed.pop(secrets.STEP_SECRETS, None)
     return {
-        "params": {**run.params, **secrets.unseal(run.sealed_secrets)},
-        "steps": {key: {"status": status, "outputs": outputs} for key, status, outputs in steps},
+        "params": {**run.params, **sealed},
+        "steps": {
+            key: {"status": status, "outputs": {**outputs, **typed.get(key, {})}}
+            for key, status, outputs in steps
+        },
         "run": {
             "number": run.number,
             "id": str(run.uuid),
@@ -76,7 +82,7 @@ def template_context(
 def run_masker(run: Run) -> secrets.Masker:
     """Replaces the run's secret values with the mask in what the run's steps produce."""
     try:
-        return secrets.Masker(secrets.unseal(run.sealed_secrets).values())
+        return secrets.Masker(secrets.secret_values(secrets.unseal_all(run.sealed_secrets)))
     except secrets.SecretsUnreadable:
         # Nothing can print what nothing can decrypt; the step fails with the reason.
         return secrets.Masker([])
@@ -99,9 +105,19 @@ def _lock(run: Run) -> Run:
     )
 
 
-# What can change on a run once it exists: run_transition's fields, and the title that
-# run_create sets. Everything else (version, params, secrets, deadline, creator) is fixed.
-RUN_MUTABLE = ("status", "started_at", "finished_at", "outputs", "error", "cancel_reason", "title")
+# What can change on a run once it exists: run_transition's fields, the title that
+# run_create sets, and the sealed secrets, to which an approval adds what its approvers typed
+# into `secret` fields. Everything else (version, params, deadline, creator) is fixed.
+RUN_MUTABLE = (
+    "status",
+    "started_at",
+    "finished_at",
+    "outputs",
+    "error",
+    "cancel_reason",
+    "title",
+    "sealed_secrets",
+)
 # `_relock`'s read, which every step's finish makes: prepared like RUN_STEPS.
 RUN_MUTABLE_FIELDS = PreparedQuery(
     lambda pk: Run.objects.select_for_update().filter(pk=pk).values(*RUN_MUTABLE),

@@ -138,7 +138,7 @@ def run_create(
         version=version,
         title=title,
         params=shown,
-        sealed_secrets=secrets.seal(hidden),
+        sealed_secrets=secrets.seal(_sealed(hidden, reuse_from)),
         labels=dict(labels or {}),
         created_by=user,
         origin=origin,
@@ -147,6 +147,21 @@ def run_create(
     )
     _run_insert(run, definition, reuse_from)
     return run
+
+
+def _sealed(hidden: dict[str, Any], reuse_from: Run | None) -> dict[str, Any]:
+    """The secret params, and what approvers typed into `secret` fields of the gates that a
+    retry from failed reuses: their outputs come along, so their secrets must too."""
+    if reuse_from is None:
+        return hidden
+    typed = secrets.step_secrets(secrets.unseal_all(reuse_from.sealed_secrets))
+    reused = set(
+        reuse_from.steps.filter(key__in=typed, status=StepStatus.SUCCEEDED).values_list(
+            "key", flat=True
+        )
+    )
+    kept = {key: fields for key, fields in typed.items() if key in reused}
+    return {**hidden, secrets.STEP_SECRETS: kept} if kept else hidden
 
 
 @transaction.atomic

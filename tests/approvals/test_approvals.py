@@ -16,7 +16,7 @@ from approvals.models import Approval, Decision
 from approvals.services import approval_decide, approvals_expire_due
 from config.errors import Conflict, PermissionDenied, ValidationFailed
 from runs.models import LogEntry, Run
-from runs.services import run_cancel, run_create
+from runs.services import run_cancel, run_create, run_retry
 from tests.conftest import drain
 
 GATED = """
@@ -333,3 +333,52 @@ def test_a_secret_an_approver_types_is_masked_everywhere_it_goes(make_runbook, p
     ]
     assert secret not in json.dumps(stored, default=str)
     assert step(drain(approved), "gate").outputs["note"] == "used ***"
+
+
+def test_a_secret_field_is_sealed_for_later_steps_and_masked_everywhere_else(
+    make_runbook, people, tmp_path
+):
+    runbook = make_runbook(
+        """
+        slug: otp
+        name: Gate with a one-time password
+        params:
+          - {name: mark, type: string}
+        steps:
+          - id: gate
+            approval:
+              message: "Go?"
+              approvers: {users: [alice]}
+              fields:
+                - {name: otp, type: secret}
+          - id: use
+            shell: |
+              test {{ steps.gate.outputs.otp }} = otp-typed-by-alice
+              echo "used {{ steps.gate.outputs.otp }}"
+              if [ ! -e {{ params.mark }} ]; then touch {{ params.mark }}; exit 1; fi
+        """
+    )
+    otp = "otp-typed-by-alice"
+    params = {"mark": str(tmp_path / "failed-once")}
+    run = drain_until_waiting(
+        run_create(runbook=runbook, params=params, user=people["olivia"], origin="ui")
+    )
+    approval = Approval.objects.get(run=run)
+    approval_decide(approval=approval, user=people["alice"], approve=True, values={"otp": otp})
+    run = drain(run)
+    # The script saw the real value (else `test` fails it before the mark is made).
+    assert (tmp_path / "failed-once").exists() and step(run, "use").status == "failed"
+    assert step(run, "gate").outputs["otp"] == "***"
+    # A retry from the failed step reuses the gate, and with it the value alice typed.
+    retry = drain(run_retry(run=run, user=people["olivia"], origin="ui", mode="failed"))
+    assert step(retry, "gate").status == "succeeded"
+    assert step(retry, "use").status == "succeeded"
+
+    stored = [
+        *Decision.objects.values_list("comment", "values"),
+        *Run.objects.values_list("params", "error", "outputs"),
+        *LogEntry.objects.values_list("message", flat=True),
+        *(s.outputs for r in (run, retry) for s in r.steps.all()),
+    ]
+    assert otp not in json.dumps(stored, default=str)
+    assert LogEntry.objects.filter(run=retry, message="used ***").exists()
