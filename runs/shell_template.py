@@ -12,12 +12,29 @@ a value is always data.
 No library tracks bash quoting contexts inside a Jinja template, hence this small lexer. It
 understands quotes, `$'...'`, backticks, `$(...)`, comments and heredocs; anything it does
 not model falls back to the safest form for its context.
+
+Bash evaluates a variable's text again as an arithmetic expression wherever it expects a
+number, and there `a[$(cmd)]` runs cmd (as does a variable name whose value holds that).
+So where a value would be evaluated arithmetically, only a plain number may go: in `$((...))`,
+`((...))` and `$[...]`, after `let`, in the operands of `[[ ... ]]`'s `-eq`, `-ne`, `-lt`,
+`-le`, `-gt`, `-ge` and `-v`, in an array subscript `${name[...]}` (unless the script
+declares `name` associative) and in a substring's offset and length `${name:offset:length}`.
 """
 
 import re
 from dataclasses import dataclass, field
 
 _RAW = re.compile(r"\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}", re.DOTALL)
+_EXPRESSION = re.compile(r"\{\{.*?\}\}", re.DOTALL)
+# Operators of `[[ ]]` whose operands bash evaluates as arithmetic (or, -v, as a variable
+# name, subscript included).
+_ARITHMETIC_TEST = re.compile(r"-(eq|ne|lt|le|gt|ge|v)")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_QUOTES = ("double", "single", "ansi")
+# Frames that only matter for arithmetic: for quoting, a value in them stands as in the
+# context around them.
+_TRANSPARENT = ("param", "param-name", "assoc-subscript", "cond")
+_WORD_START = " \t\n;&|(!"
 _HEREDOC = re.compile(r"<<(-?)[ \t]*(?:'([^'\n]*)'|\"([^\"\n]*)\"|\\?([A-Za-z0-9_.-]+))")
 
 
@@ -35,6 +52,11 @@ class _Lexer:
     stack: list[str] = field(default_factory=lambda: ["code"])
     pending: list[_Heredoc] = field(default_factory=list)
     i: int = 0
+    # The source with every `{{ }}` made one word, for looking at the words around one.
+    flat: str = ""
+
+    def __post_init__(self) -> None:
+        self.flat = _EXPRESSION.sub(lambda m: "x" * len(m.group(0)), self.source)
 
     def rewrite(self) -> str:
         while self.i < len(self.source):
@@ -54,7 +76,7 @@ class _Lexer:
             left = "-" if inner.startswith("-") else ""
             right = "-" if inner.endswith("-") else ""
             expression = inner[len(left) : len(inner) - len(right)]
-            context = context or self.stack[-1]
+            context = context or self.context(i, end + 2)
             self.out.append(f"{{{{{left} ({expression}) | {filter_call(context)} {right}}}}}")
             self.i = end + 2
             return True
@@ -72,6 +94,27 @@ class _Lexer:
                 self.i = end + 2
                 return True
         return False
+
+    def context(self, start: int, end: int) -> str:
+        """How the `{{ }}` at source[start:end] must be written, from the frames around it."""
+        for frame in reversed(self.stack):
+            if frame in _QUOTES or frame in ("param", "param-name", "assoc-subscript"):
+                continue
+            if frame in ARITHMETIC or (frame == "cond" and self.arithmetic_operand(start, end)):
+                return "arith"
+            break
+        return next(frame for frame in reversed(self.stack) if frame not in _TRANSPARENT)
+
+    def arithmetic_operand(self, start: int, end: int) -> bool:
+        """Whether the word holding source[start:end] is an operand of `-eq` and the like."""
+        flat, left, right = self.flat, start, end
+        while left > 0 and flat[left - 1] not in " \t\n":
+            left -= 1
+        while right < len(flat) and flat[right] not in " \t\n":
+            right += 1
+        before = flat[:left].split()[-1:]
+        after = flat[right:].split()[:1]
+        return any(_ARITHMETIC_TEST.fullmatch(word) for word in before + after)
 
     def take(self, count: int = 1) -> str:
         text = self.source[self.i : self.i + count]
@@ -105,6 +148,8 @@ class _Lexer:
             elif c == "`":
                 self.stack.append("tick")
                 self.take()
+            elif self.expansion():
+                pass
             else:
                 self.take()
         elif context == "arith-paren":
@@ -113,15 +158,92 @@ class _Lexer:
             elif c == "(":
                 self.stack.append("arith-paren")
             self.take()
+        elif context in ("subscript", "arith-square"):
+            if c == "]":
+                self.stack.pop()
+            elif c == "[":
+                self.stack.append(context)
+            self.take()
+        elif context == "param-name":
+            self.param_name_char(c)
+        elif context == "offset":
+            if c == "}":
+                self.stack.pop()  # the offset
+                self.stack.pop()  # the expansion
+            self.take()
+        elif context == "let" and c in ";\n&|)":
+            self.stack.pop()
+            self.code_char(c)
+        elif context in ("param", "assoc-subscript") and c == ("}" if context == "param" else "]"):
+            self.stack.pop()
+            self.take()
         else:
             self.code_char(c)
 
+    def expansion(self) -> bool:
+        """`${...}` and `$[...]`, in code or in double quotes."""
+        source, i = self.source, self.i
+        if source.startswith("$[", i):
+            self.stack.append("arith-square")
+            self.take(2)
+            return True
+        if source.startswith("${", i) and not source.startswith("${{", i):
+            self.stack.append("param-name")
+            self.take(2)
+            return True
+        return False
+
+    def param_name_char(self, c: str) -> None:
+        """In `${`, before the operator: a subscript and a substring's offset are arithmetic."""
+        source, i = self.source, self.i
+        name = _NAME.match(source, i)
+        if name:
+            self.take(name.end() - i)
+            if source.startswith("[", self.i):
+                # Declared in the same command: `declare -A name`, `local -gA a name=(...)`.
+                associative = re.search(
+                    r"\b(?:declare|local|typeset)[ \t]+(?:-\w+[ \t]+)*-[a-zA-Z]*A[a-zA-Z]*"
+                    r"[ \t]+(?:[^\s;&|]+[ \t]+)*?" + re.escape(name.group(0)) + r"\b",
+                    source,
+                )
+                self.stack.append("assoc-subscript" if associative else "subscript")
+                self.take()
+            return
+        if c == ":" and source[i + 1 : i + 2] not in ("-", "=", "+", "?"):
+            self.stack[-1] = "param"
+            self.stack.append("offset")
+            self.take()
+        elif c == "}":
+            self.stack.pop()
+            self.take()
+        else:
+            self.stack[-1] = "param"
+            self.char()
+
     def code_char(self, c: str) -> None:
         source, i, context = self.source, self.i, self.stack[-1]
+        at_word_start = i == 0 or source[i - 1] in _WORD_START
         if context == "arith":
             self.arith_char(c)
         elif c == "\\":
             self.take(2)
+        elif self.expansion():
+            pass
+        elif context == "cond" and source.startswith("]]", i):
+            self.stack.pop()
+            self.take(2)
+        elif context == "cond" and c in "()":
+            self.take()  # grouping inside [[ ]], not a subshell
+        elif source.startswith("[[", i) and at_word_start:
+            self.stack.append("cond")
+            self.take(2)
+        elif (
+            context in ("code", "sub", "tick")
+            and at_word_start
+            and re.match(r"let[ \t]", source[i : i + 4])
+        ):
+            self.stack.append("let")
+            self.take(3)
         elif source.startswith("$((", i) or (
             source.startswith("((", i) and (i == 0 or source[i - 1] in " \t\n;&|")
         ):
@@ -223,7 +345,7 @@ def rewrite(source: str) -> str:
 # already literal; single-quoted text is closed, the quoted reference added, and reopened.
 # Bash evaluates a variable's text again inside arithmetic (`a[$(cmd)]` runs cmd), so there
 # only plain numbers are allowed, checked by the filter.
-ARITHMETIC = ("arith", "arith-paren")
+ARITHMETIC = ("arith", "arith-paren", "arith-square", "subscript", "offset", "let")
 
 REFERENCE = {
     "code": '"${{{name}}}"',

@@ -65,7 +65,10 @@ def _stepwise_shell(
         return _ShellText(text)
     if where in shell_template.ARITHMETIC:
         if not _NUMBER.fullmatch(text):
-            raise RenderError(f"only a number can go inside $(( )), not {text!r}")
+            raise RenderError(
+                "only a number can go where bash evaluates arithmetic ($(( )), [[ -eq ]],"
+                f" ${{array[i]}}, ${{s:offset}}, let), not {text!r}"
+            )
         return _ShellText(text)
     variables: dict[str, str] = context["__stepwise_vars__"]
     name = f"STEPWISE_V{len(variables) + 1}"

@@ -172,3 +172,51 @@ def test_numbers_may_go_inside_arithmetic_but_nothing_else():
     assert script == "echo $(( 21 * 2 ))" and variables == {}
     with pytest.raises(RenderError, match="only a number"):
         render_shell("echo $(( {{ params.v }} ))", {"params": {"v": "a[$(touch x)]"}})
+
+
+# Where bash evaluates a value as arithmetic, `a[$(cmd)]` runs cmd even from a variable.
+ARITHMETIC_CONTEXTS = {
+    "[[ -gt ]]": "[[ {{ params.v }} -gt 0 ]] && echo '[positive]' || true",
+    "[[ -eq ]] quoted": '[[ "{{ params.v }}" -eq 0 ]] || echo "[$?]"',
+    "[[ -lt ]] right operand": "[[ 0 -lt x+{{ params.v }} ]] || true",
+    "[[ -v ]]": "[[ -v {{ params.v }} ]] || true",
+    "array subscript": 'a=(x y); echo "[${a[{{ params.v }}]}]"',
+    "array subscript unquoted": "a=(x y); echo [${a[{{ params.v }}]}]",
+    "substring offset": 's=hello; echo "[${s:{{ params.v }}}]"',
+    "substring length": 's=hello; echo "[${s:0:{{ params.v }}}]"',
+    "$[ ]": "echo [$[ {{ params.v }} ]]",
+    "let": 'let "n = {{ params.v }}"; echo "[$n]"',
+}
+
+
+@pytest.mark.parametrize("context", sorted(ARITHMETIC_CONTEXTS))
+def test_only_numbers_go_where_bash_evaluates_arithmetic(context, tmp_path):
+    canary = tmp_path / "canary"
+    template = ARITHMETIC_CONTEXTS[context]
+    with pytest.raises(RenderError, match="only a number"):
+        run_shell(template, f"a[$(touch {canary})]")
+    assert not canary.exists()
+    run_shell(template, "1")  # a number is written in as it is, and works
+
+
+def test_strings_stay_allowed_where_bash_does_not_evaluate_arithmetic(tmp_path):
+    canary = tmp_path / "canary"
+    value = f"a[$(touch {canary})]"
+    templates = [
+        '[[ {{ params.v }} == "$V" && 1 -lt 2 ]] && echo "[{{ params.v }}]"',
+        'declare -A m=([k]=1); echo "[${m[{{ params.v }}]}]"',
+        'echo "${UNSET:-[{{ params.v }}]}"',
+        "echo ${UNSET:-[{{ params.v }}]}",
+    ]
+    outputs = []
+    for template in templates:
+        script, variables = render_shell(template, {"params": {"v": value}})
+        result = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", script],
+            capture_output=True,
+            check=True,
+            env={"PATH": "/usr/bin:/bin", "V": value, **variables},
+        )
+        outputs.append(result.stdout.decode())
+    assert outputs == [f"[{value}]\n", "[]\n", f"[{value}]\n", f"[{value}]\n"]
+    assert not canary.exists()
