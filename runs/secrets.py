@@ -21,6 +21,7 @@ from django.conf import settings
 from config.errors import DomainError
 
 MASK = "***"
+MIN_LINE = 6  # characters of a line of a multi-line secret that is masked on its own
 
 
 def _fernet() -> Fernet:
@@ -84,6 +85,16 @@ class Masker:
 
     def __init__(self, secrets: Iterable[object]) -> None:
         values = {str(value) for value in secrets if value not in (None, "")}
+        # A multi-line secret (a private key, a kubeconfig) is printed a line at a time, and
+        # each log line holds one line of it: mask its lines too, all but the shortest, which
+        # would mask every "}" or "-----" in the log.
+        values |= {
+            line.strip()
+            for value in values
+            for line in value.splitlines()
+            if "\n" in value or "\r" in value
+            if len(line.strip()) >= MIN_LINE
+        }
         # Also the forms a value takes inside URLs and JSON, where it is logged that way.
         values |= {quote(value, safe="") for value in values}
         values |= {json.dumps(value)[1:-1] for value in values}
@@ -106,7 +117,8 @@ class Masker:
         if isinstance(data, str):
             return self.text(data)
         if isinstance(data, dict):
-            return {key: self.data(value) for key, value in data.items()}
+            # Keys too: a step can name an output after a secret (`echo "$PARAM_X=1"`).
+            return {self.data(key): self.data(value) for key, value in data.items()}
         if isinstance(data, list):
             return [self.data(value) for value in data]
         return data

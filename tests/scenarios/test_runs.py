@@ -405,6 +405,29 @@ def test_secret_params_never_appear_in_logs_outputs_or_the_run(make_runbook):
     assert "s3cr3t-value" not in text
 
 
+def test_a_secret_is_masked_as_an_output_name_and_line_by_line(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: secret-shapes
+        name: Secret shapes
+        params:
+          - {name: token, type: secret}
+          - {name: key, type: secret}
+        steps:
+          - id: use
+            shell: |
+              echo "$PARAM_TOKEN=1" >> "$STEPWISE_OUTPUT"
+              printf '%s\\n' "$PARAM_KEY"
+        """
+    )
+    key = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nAbCdEf==\n-----END KEY-----"
+    run = drain(start(runbook, token="s3cr3t-name", key=key))
+    assert run.status == "succeeded"
+    assert steps(run)["use"].outputs == {"***": "1"}
+    text = "\n".join(logs(run))
+    assert "MIIEvQ" not in text and "AbCdEf==" not in text and "BEGIN KEY" not in text
+
+
 def test_invalid_params_start_nothing(make_runbook):
     runbook = make_runbook(
         """
