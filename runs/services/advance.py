@@ -142,10 +142,19 @@ def _render_run_outputs(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
     definition = version_definition(run.version)
     context = template_context(run, [(s.key, s.status, s.outputs) for s in steps])
     masker = run_masker(run)
-    return {
-        name: masker.text(templating.render(template, context))
-        for name, template in definition.outputs.items()
-    }
+    try:
+        return {
+            name: masker.text(templating.render(template, context))
+            for name, template in definition.outputs.items()
+        }
+    except templating.RenderError as error:
+        raise _masked(error, masker) from None
+
+
+def _masked(error: templating.RenderError, masker: secrets.Masker) -> templating.RenderError:
+    """The error with secret values masked: Jinja names a missing key by its value, so
+    `steps[params.token]` puts the token in the message."""
+    return templating.RenderError(masker.text(str(error)))
 
 
 def _finish_run(run: Run, steps: dict[int, Step], failed: engine.Node | None) -> None:
@@ -216,7 +225,10 @@ def run_advance(*, run: Run, hold_first: bool = False, locked: bool = False) -> 
         # Statuses decided earlier in this same plan are visible to later conditions.
         for pk, step in steps.items():
             context["steps"][step.key]["status"] = nodes_by_pk[pk].status
-        return bool(templating.evaluate(node.condition or "", context))
+        try:
+            return bool(templating.evaluate(node.condition or "", context))
+        except templating.RenderError as error:
+            raise _masked(error, run_masker(run)) from None
 
     nodes_by_pk: dict[int, engine.Node] = {}
     stack = list(top)
@@ -277,7 +289,7 @@ def _open_gates(run: Run, gates: list[Step]) -> bool:
         try:
             message = masker.text(templating.render(spec.message, context))
         except templating.RenderError as error:
-            reason = f"template error in the approval message: {error}"
+            reason = f"template error in the approval message: {_masked(error, masker)}"
             step_transition(
                 step=step,
                 to=StepStatus.FAILED,

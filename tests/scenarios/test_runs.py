@@ -428,6 +428,48 @@ def test_a_secret_is_masked_as_an_output_name_and_line_by_line(make_runbook):
     assert "MIIEvQ" not in text and "AbCdEf==" not in text and "BEGIN KEY" not in text
 
 
+def test_template_errors_do_not_show_secret_values(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: secret-errors
+        name: Secret errors
+        params:
+          - {name: token, type: secret}
+        steps:
+          - id: check
+            if: "steps[params.token].status == 'succeeded'"
+            continue_on_error: true
+            shell: "true"
+          - id: gate
+            approval:
+              message: "{{ params[params.token] }}"
+              approvers: {users: [nobody]}
+        """
+    )
+    outputs = make_runbook(
+        """
+        slug: secret-outputs
+        name: Secret outputs
+        params:
+          - {name: token, type: secret}
+        outputs:
+          broken: "{{ steps[params.token] }}"
+        steps: [{id: a, shell: "true"}]
+        """
+    )
+    runs = [drain(start(book, token="s3cr3t-in-an-error")) for book in (runbook, outputs)]
+    stored = [
+        *(run.error for run in runs),
+        *(line for run in runs for line in logs(run)),
+        *(step.error for run in runs for step in run.steps.all()),
+        *RunEvent.objects.values_list("message", flat=True),
+    ]
+    assert "`if` failed" in steps(runs[0])["check"].error
+    assert "approval message" in steps(runs[0])["gate"].error
+    assert "Run outputs failed to render" in runs[1].error["message"]
+    assert "s3cr3t-in-an-error" not in json.dumps(stored)
+
+
 def test_invalid_params_start_nothing(make_runbook):
     runbook = make_runbook(
         """
