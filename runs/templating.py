@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from jinja2 import StrictUndefined, Template, TemplateError, pass_context
+from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
@@ -85,13 +86,46 @@ def _url_encode(value: object) -> str:
     return quote(to_text(value), safe="")
 
 
+# The largest string or list a template may make by repetition, and the largest power (in
+# bits) it may compute: `'a' * 10**10` would exhaust a worker's memory, and `10 ** 10 ** 10`
+# holds the interpreter for hours with no chance to notice a timeout or renew the lease.
+MAX_REPEAT = 1_000_000
+MAX_POWER_BITS = 64_000
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class _Environment(ImmutableSandboxedEnvironment):
     """`steps.x.outputs.items` means the output named items, not the dict method."""
+
+    intercepted_binops = frozenset({"*", "**"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping) and attribute in obj:
             return obj[attribute]
         return super().getattr(obj, attribute)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if (
+            operator == "**"
+            and _whole(left)
+            and _whole(right)
+            and abs(left).bit_length() * right > MAX_POWER_BITS
+        ):
+            raise SecurityError(f"{left} ** {right} is too large a number")
+        if operator == "*":
+            for items, times in ((left, right), (right, left)):
+                if (
+                    isinstance(items, str | list | tuple)
+                    and _whole(times)
+                    and len(items) * times > MAX_REPEAT
+                ):
+                    raise SecurityError(
+                        f"repeating {len(items)} items {times} times makes more than {MAX_REPEAT:,}"
+                    )
+        return super().call_binop(context, operator, left, right)
 
 
 @cache

@@ -220,3 +220,20 @@ def test_strings_stay_allowed_where_bash_does_not_evaluate_arithmetic(tmp_path):
         outputs.append(result.stdout.decode())
     assert outputs == [f"[{value}]\n", "[]\n", f"[{value}]\n", f"[{value}]\n"]
     assert not canary.exists()
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{{ 'a' * 10**9 }}", "{{ [0] * 10**9 }}", "{{ 10 * 'a' * 10**9 }}", "{{ 7 ** 100000000 }}"],
+)
+def test_templates_cannot_make_huge_values(template):
+    # These would take a worker's memory, or its interpreter for hours (no timeout can stop
+    # a single big-number operation); range() is already bounded by Jinja's sandbox.
+    with pytest.raises(RenderError, match="SecurityError"):
+        render(template, {})
+    with pytest.raises(RenderError, match="SecurityError"):
+        evaluate(template.strip("{} "), {})
+
+
+def test_ordinary_repetition_and_powers_still_work():
+    assert render("{{ '-' * 3 }}{{ [1] * 2 }}{{ 2 ** 10 }}{{ 2 ** -1 }}", {}) == "---[1,1]10240.5"
