@@ -47,10 +47,10 @@ def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) 
     # cancel while a slow server holds the connection open.
     def send() -> None:
         try:
-            with httpx.Client(
-                follow_redirects=spec.http.follow_redirects, timeout=timeout
-            ) as client:
-                outcome["response"] = client.request(**request)
+            client = httpx.Client(follow_redirects=spec.http.follow_redirects, timeout=timeout)
+            with client, client.stream(**request) as response:
+                outcome["response"] = response
+                outcome["body"] = _read_body(response)
         except Exception as error:
             outcome["error"] = error
 
@@ -73,7 +73,7 @@ def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) 
         return StepResult(status=StepStatus.FAILED, error=f"request failed: {error}")
     response: httpx.Response = outcome["response"]
     supervisor.log.system(f"{response.status_code} {response.reason_phrase} in {elapsed} ms")
-    outputs = _outputs(response)
+    outputs = _outputs(response, outcome["body"])
     if not spec.http.accepts(response.status_code):
         expected = spec.http.expect
         wanted = ", ".join(map(str, expected)) if expected else "2xx"
@@ -85,8 +85,20 @@ def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) 
     return StepResult(status=StepStatus.SUCCEEDED, outputs=outputs)
 
 
-def _outputs(response: httpx.Response) -> dict[str, Any]:
-    body = response.content[:MAX_BODY].decode(response.encoding or "utf-8", errors="replace")
+def _read_body(response: httpx.Response) -> bytes:
+    """At most MAX_BODY bytes of the body: the rest is never read, so a huge or endless
+    response cannot fill the worker's memory."""
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= MAX_BODY:
+            break
+    return b"".join(chunks)[:MAX_BODY]
+
+
+def _outputs(response: httpx.Response, content: bytes) -> dict[str, Any]:
+    body = content.decode(response.encoding or "utf-8", errors="replace")
     outputs: dict[str, Any] = {
         "status": response.status_code,
         "headers": dict(response.headers),

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from config.errors import Conflict, ValidationFailed
 from runs import runner
+from runs.executors.http import MAX_BODY
 from runs.models import Artifact, LogEntry, LogLevel, Run, RunEvent, Step, StepAttempt
 from runs.services import (
     StepResult,
@@ -634,6 +635,48 @@ def test_http_step_sends_typed_json_and_exposes_the_response(make_runbook, api_s
     assert outputs["json"]["path"] == "/services/a%2Fb%20c/restart"
     assert outputs["json"]["auth"] == "Bearer ***"
     assert "status 202 /services/a%2Fb%20c/restart" in logs(run, "show")
+
+
+class _Flood(BaseHTTPRequestHandler):
+    """Answers with 64 MB, counting what it managed to send before the client hung up."""
+
+    sent = 0
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        chunk = b"x" * (1024 * 1024)
+        try:
+            for _ in range(64):
+                self.wfile.write(chunk)
+                type(self).sent += len(chunk)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_http_step_reads_no_more_of_a_body_than_it_keeps(make_runbook):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flood)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        runbook = make_runbook(
+            f"""
+            slug: flood
+            name: Flood
+            steps:
+              - id: get
+                http: {{url: "http://127.0.0.1:{server.server_address[1]}/"}}
+            """
+        )
+        run = drain(start(runbook))
+    finally:
+        server.shutdown()
+    assert run.status == "succeeded"
+    assert len(steps(run)["get"].outputs["body"]) == MAX_BODY
+    assert _Flood.sent < 16 * MAX_BODY  # the rest was never read into the worker's memory
 
 
 def test_http_step_keeps_the_urls_query_string_and_adds_query_to_it(make_runbook, api_server):
