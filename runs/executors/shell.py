@@ -20,6 +20,7 @@ BASH = shutil.which("bash") or "/bin/bash"
 # What a step inherits from the worker's environment; everything else is left behind so
 # credentials in the worker's environment never reach runbook scripts.
 INHERITED = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME")
+MAX_OUTPUTS = 1024 * 1024  # bytes of $STEPWISE_OUTPUT, as GitHub Actions allows a job
 
 
 def attempt_dir(step: Step) -> Path:
@@ -108,8 +109,17 @@ def conclude(
             exit_code=result.exit_code,
             error=_exit_description(result.exit_code),
         )
+    # Read whole into the worker's memory, then stored on the step and shown on its page.
+    with prepared.output.open("rb") as file:
+        data = file.read(MAX_OUTPUTS + 1)
+    if len(data) > MAX_OUTPUTS:
+        return StepResult(
+            status=StepStatus.FAILED,
+            exit_code=0,
+            error=f"$STEPWISE_OUTPUT is over {MAX_OUTPUTS:,} bytes; put big data in artifacts",
+        )
     try:
-        outputs = parse_outputs(prepared.output.read_text(errors="replace"))
+        outputs = parse_outputs(data.decode(errors="replace"))
     except OutputsError as error:
         return StepResult(status=StepStatus.FAILED, exit_code=0, error=f"$STEPWISE_OUTPUT: {error}")
     return StepResult(status=StepStatus.SUCCEEDED, exit_code=0, outputs=outputs)

@@ -377,6 +377,22 @@ def test_retry_from_failed_is_refused_for_a_succeeded_run(make_runbook, user):
     assert again.status == "succeeded" and again.number > run.number
 
 
+def test_an_outputs_file_over_the_limit_fails_the_step_unread(make_runbook):
+    runbook = make_runbook(
+        """
+        slug: big-outputs
+        name: Big outputs
+        steps:
+          - id: big
+            shell: head -c 1048577 /dev/zero | tr '\\0' x | sed 's/^/k=/' >> "$STEPWISE_OUTPUT"
+        """
+    )
+    run = drain(start(runbook))
+    big = steps(run)["big"]
+    assert (run.status, big.status, big.outputs) == ("failed", "failed", {})
+    assert big.error == "$STEPWISE_OUTPUT is over 1,048,576 bytes; put big data in artifacts"
+
+
 def test_secret_params_never_appear_in_logs_outputs_or_the_run(make_runbook):
     runbook = make_runbook(
         """
