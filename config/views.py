@@ -15,6 +15,7 @@ from django.db.models.functions import TruncDate
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from config.api.permissions import has_role, role_of
@@ -353,6 +354,7 @@ class TokenForm(forms.Form):
 
 @role_required("viewer")
 @require_http_methods(["GET", "POST"])
+@never_cache  # the page shows a new token's secret: no browser or proxy may keep a copy
 def token_list(request: HttpRequest) -> HttpResponse:
     form = TokenForm(request.POST or None)
     secret = None

@@ -4,6 +4,7 @@ from datetime import timedelta
 
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.permissions import IsAuthenticated
@@ -102,7 +103,9 @@ class TokenViewSet(IdempotentMixin, viewsets.GenericViewSet):
             expires_in=timedelta(days=days) if days else None,
         )
         token.token = secret
-        return Response(NewTokenOutput(token).data, status=status.HTTP_201_CREATED)
+        response = Response(NewTokenOutput(token).data, status=status.HTTP_201_CREATED)
+        add_never_cache_headers(response)  # it holds the secret
+        return response
 
     @extend_schema(summary="Revoke a token", responses={204: None, **ERRORS})
     def destroy(self, request: Request, pk: str) -> Response:

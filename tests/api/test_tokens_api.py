@@ -25,6 +25,7 @@ def api(viewer, as_user):
 def create(client: APIClient, **body) -> dict:
     response = client.post("/api/v1/tokens", {"name": "ci", **body}, format="json")
     assert response.status_code == 201, response.content
+    assert "no-store" in response["Cache-Control"]  # it holds the secret
     return response.json()
 
 

@@ -161,6 +161,7 @@ def test_token_create_shows_the_secret_once_and_lists_it(login, viewer):
     token = ApiToken.objects.get(user=viewer)
     assert token.name == "ci" and token.expiry is not None
     assert "data-secret" in page and token.token_key in page
+    assert "no-store" in response["Cache-Control"]
     again = client.get("/settings/tokens/").content.decode()
     assert "data-secret" not in again
     assert "ci" in again and token.token_key in again
