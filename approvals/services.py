@@ -23,6 +23,8 @@ from runs import services as run_services
 from runs.models import LogLevel, Run, Step
 from runs.state import StepStatus
 
+MAX_COMMENT = 4000  # characters of an approval's comment or a deny's reason
+
 
 def _transition(approval: Approval, to: str, **fields: Any) -> None:
     if to not in APPROVAL_TRANSITIONS[approval.status]:
@@ -94,8 +96,16 @@ def approval_decide(
 ) -> Approval:
     """Records an approve or a deny; closes the approval when its rule is met."""
     comment = (comment or "").strip()
+    field = "comment" if approve else "reason"
     if not approve and not comment:
         raise ValidationFailed("A deny needs a reason.", details={"reason": ["required"]})
+    if len(comment) > MAX_COMMENT:
+        # The API's serializer says so too; the pages post here directly. A deny reason
+        # becomes the run's error, shown with the run everywhere.
+        raise ValidationFailed(
+            f"The {field} is too long.",
+            details={field: [f"at most {MAX_COMMENT:,} characters"]},
+        )
     run, approval = _locked(approval)
     _check_decider(approval, user)
     if approval.decisions.filter(user=user).exists():

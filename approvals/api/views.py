@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from approvals.models import Approval, Decision
-from approvals.services import approval_decide
+from approvals.services import MAX_COMMENT, approval_decide
 from approvals.state import ApprovalStatus
 from config.api.filtering import BOOLEANS
 from config.api.idempotency import IdempotentMixin
@@ -81,12 +81,14 @@ class ApprovalOutput(serializers.ModelSerializer):
 
 
 class ApproveInput(Input):
-    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=4000)
+    comment = serializers.CharField(
+        required=False, allow_blank=True, default="", max_length=MAX_COMMENT
+    )
     values = serializers.DictField(required=False, default=dict)
 
 
 class DenyInput(Input):
-    reason = serializers.CharField(max_length=4000)
+    reason = serializers.CharField(max_length=MAX_COMMENT)
 
 
 class ApprovalViewSet(IdempotentMixin, viewsets.GenericViewSet):

@@ -77,6 +77,18 @@ def test_deny_without_a_reason_shows_the_message_and_changes_nothing(client, gat
     assert Approval.objects.get(pk=approval.pk).status == "pending"
 
 
+def test_a_deny_reason_from_the_browser_is_bounded_as_over_the_api(client, gate):
+    # No role is needed to approve, and the reason becomes the run's error, shown with it
+    # in every list and answer: a page must not take megabytes where the API takes 4,000.
+    _, approval, _, alice = gate
+    client.force_login(alice)
+    response = client.post(
+        f"/approvals/{approval.pk}/decide", {"verdict": "deny", "reason": "x" * 4001}
+    )
+    assert response.status_code == 400 and "The reason is too long." in response.text
+    assert Approval.objects.get(pk=approval.pk).status == "pending"
+
+
 def test_invalid_form_value_is_shown_beside_its_field(client, gate):
     _, approval, _, alice = gate
     client.force_login(alice)
