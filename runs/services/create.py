@@ -202,6 +202,34 @@ def _reuse_succeeded_steps(run: Run, source: Run) -> None:
         )
 
 
+def _check_secrets_reused(
+    run: Run, user: AbstractBaseUser | None, own: Mapping[str, Any], given: Mapping[str, Any]
+) -> None:
+    """Someone else's secrets go only into the very run they were given for.
+
+    Retrying a run as it was is what retry is for, whoever does it. But with other params
+    changed (a URL, a host), the person who started the run never chose where its secrets
+    would go: anyone who may retry could send them to a server of their own. So a retry by
+    another user that changes params must give the run's secrets again.
+    """
+    if not own or (user is not None and user.pk == run.created_by_id):
+        return
+    changed = [
+        name for name, value in given.items() if name not in own and run.params.get(name) != value
+    ]
+    kept = sorted(name for name in own if name not in given)
+    if changed and kept:
+        raise ValidationFailed(
+            "Give the secret params again to retry someone else's run with other params.",
+            details={
+                f"params.{name}": [
+                    "give it again: other params changed and you did not start this run"
+                ]
+                for name in kept
+            },
+        )
+
+
 def run_retry(
     *,
     run: Run,
@@ -230,6 +258,7 @@ def run_retry(
         for name, value in (params or {}).items()
         if not (name in own_secrets and value == secrets.MASK)
     }
+    _check_secrets_reused(run, user, own_secrets, given)
     return run_create(
         runbook=run.runbook,
         version=run.version,

@@ -574,6 +574,32 @@ def test_retry_can_change_a_secret(api, finished):
     assert unseal(rerun.sealed_secrets) == {"token": "a-new-secret"}
 
 
+def test_another_user_retrying_with_other_params_must_give_the_secrets_again(finished, as_user, db):
+    # Else anyone who may retry could point the run's URL or host at a server of their own
+    # and receive the secret the run's starter gave.
+    other = as_user(make_user("oscar", "operator"))
+    before = Run.objects.count()
+    refused = other.post(
+        f"/api/v1/runs/{finished.number}/retry", {"params": {"service": "web"}}, format="json"
+    )
+    assert refused.status_code == 400
+    assert list(refused.json()["details"]) == ["params.token"]
+    assert Run.objects.count() == before
+
+    # As it was, or with the secrets given again, it is theirs to retry.
+    same = other.post(f"/api/v1/runs/{finished.number}/retry", {}, format="json")
+    assert same.status_code == 202
+    again = other.post(
+        f"/api/v1/runs/{finished.number}/retry",
+        {"params": {"service": "web", "token": "oscars-own"}},
+        format="json",
+    )
+    assert again.status_code == 202
+    assert unseal(Run.objects.get(pk=again.json()["number"]).sealed_secrets) == {
+        "token": "oscars-own"
+    }
+
+
 def test_retry_rejects_invalid_params_and_starts_nothing(api, finished):
     before = Run.objects.count()
     response = api.post(
