@@ -136,12 +136,15 @@ class _Lexer:
             if c == "'":
                 self.stack.pop()
             self.take()
-        elif context == "double":
+        elif context in ("double", "expanding-heredoc"):
             if c == "\\":
                 self.take(2)
-            elif c == '"':
+            elif c == '"' and context == "double":
                 self.stack.pop()
                 self.take()
+            elif source.startswith("$((", i):
+                self.stack.append("arith")
+                self.take(3)
             elif source.startswith("$(", i):
                 self.stack.append("sub")
                 self.take(2)
@@ -312,20 +315,30 @@ class _Lexer:
         self.take(match.end() - self.i)
 
     def heredoc_body(self, heredoc: _Heredoc) -> None:
-        context = f"heredoc:{heredoc.delimiter}" if heredoc.quoted else "expanding-heredoc"
+        # A quoted heredoc expands nothing; an unquoted one expands as double quotes do
+        # (`$((...))` and `${a[...]}` included), so it gets a frame the lexer walks through.
+        quoted = f"heredoc:{heredoc.delimiter}" if heredoc.quoted else None
+        depth = len(self.stack)
+        if quoted is None:
+            self.stack.append("expanding-heredoc")
         while self.i < len(self.source):
             end = self.source.find("\n", self.i)
             end = len(self.source) if end < 0 else end
             line = self.source[self.i : end]
             if (line.lstrip("\t") if heredoc.strip_tabs else line) == heredoc.delimiter:
                 self.take(end - self.i)
-                return
+                break
             while self.i < end:
-                if not self.jinja(context):
+                if self.jinja(quoted):
+                    pass
+                elif quoted is None:
+                    self.char()
+                else:
                     self.take()
                 end = max(end, self.i)
             if self.i < len(self.source):
                 self.take()  # the newline
+        del self.stack[depth:]
 
 
 def filter_call(context: str) -> str:

@@ -186,6 +186,9 @@ ARITHMETIC_CONTEXTS = {
     "substring length": 's=hello; echo "[${s:0:{{ params.v }}}]"',
     "$[ ]": "echo [$[ {{ params.v }} ]]",
     "let": 'let "n = {{ params.v }}"; echo "[$n]"',
+    "$(( )) in double quotes": 'echo "[$(( {{ params.v }} + 1 ))]"',
+    "$(( )) in a heredoc": "cat <<EOF\n[$(( {{ params.v }} ))]\nEOF",
+    "subscript in a heredoc": "a=(x y)\ncat <<EOF\n[${a[{{ params.v }}]}]\nEOF",
 }
 
 
