@@ -17,8 +17,10 @@ Bash evaluates a variable's text again as an arithmetic expression wherever it e
 number, and there `a[$(cmd)]` runs cmd (as does a variable name whose value holds that).
 So where a value would be evaluated arithmetically, only a plain number may go: in `$((...))`,
 `((...))` and `$[...]`, after `let`, in the operands of `[[ ... ]]`'s `-eq`, `-ne`, `-lt`,
-`-le`, `-gt`, `-ge` and `-v`, in an array subscript `${name[...]}` (unless the script
-declares `name` associative) and in a substring's offset and length `${name:offset:length}`.
+`-le`, `-gt`, `-ge` and `-v`, in an array subscript `${name[...]}` or `name[...]=`
+(unless the script declares `name` associative), in a substring's offset and length
+`${name:offset:length}`, and in the value assigned to a variable the script declares an
+integer (`declare -i n=...`, or `n=...` after it).
 """
 
 import re
@@ -35,6 +37,9 @@ _QUOTES = ("double", "single", "ansi")
 # context around them.
 _TRANSPARENT = ("param", "param-name", "assoc-subscript", "cond")
 _WORD_START = " \t\n;&|(!"
+# An assignment word, `name=`, `name+=` or `name[...]=`, read in the flat source.
+_ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\[[^\]\n]*\])?\+?=")
+_DECLARATION = re.compile(r"\b(?:declare|local|typeset)[ \t]+([^;&|\n]*)")
 _HEREDOC = re.compile(r"<<(-?)[ \t]*(?:'([^'\n]*)'|\"([^\"\n]*)\"|\\?([A-Za-z0-9_.-]+))")
 
 
@@ -55,8 +60,30 @@ class _Lexer:
     # The source with every `{{ }}` made one word, for looking at the words around one.
     flat: str = ""
 
+    # Variables the script declares integers anywhere: bash evaluates what is assigned to
+    # them as arithmetic.
+    integers: set[str] = field(default_factory=set)
+
     def __post_init__(self) -> None:
         self.flat = _EXPRESSION.sub(lambda m: "x" * len(m.group(0)), self.source)
+        for declaration in _DECLARATION.finditer(self.flat):
+            words = declaration.group(1).split()
+            flags = "".join(word for word in words if word.startswith("-") and word != "--")
+            if "i" in flags:
+                self.integers |= {
+                    name.group(0) for word in words if (name := _NAME.match(word)) is not None
+                }
+
+    def associative(self, name: str) -> bool:
+        """Whether the script declares `name` an associative array (`declare -A name`,
+        `local -gA a name=(...)`): its subscripts are strings, not arithmetic."""
+        return bool(
+            re.search(
+                r"\b(?:declare|local|typeset)[ \t]+(?:-\w+[ \t]+)*-[a-zA-Z]*A[a-zA-Z]*"
+                r"[ \t]+(?:[^\s;&|]+[ \t]+)*?" + re.escape(name) + r"\b",
+                self.source,
+            )
+        )
 
     def rewrite(self) -> str:
         while self.i < len(self.source):
@@ -174,7 +201,7 @@ class _Lexer:
                 self.stack.pop()  # the offset
                 self.stack.pop()  # the expansion
             self.take()
-        elif context == "let" and c in ";\n&|)":
+        elif (context == "let" and c in ";\n&|)") or (context == "integer" and c in " \t;\n&|)"):
             self.stack.pop()
             self.code_char(c)
         elif context in ("param", "assoc-subscript") and c == ("}" if context == "param" else "]"):
@@ -203,12 +230,7 @@ class _Lexer:
         if name:
             self.take(name.end() - i)
             if source.startswith("[", self.i):
-                # Declared in the same command: `declare -A name`, `local -gA a name=(...)`.
-                associative = re.search(
-                    r"\b(?:declare|local|typeset)[ \t]+(?:-\w+[ \t]+)*-[a-zA-Z]*A[a-zA-Z]*"
-                    r"[ \t]+(?:[^\s;&|]+[ \t]+)*?" + re.escape(name.group(0)) + r"\b",
-                    source,
-                )
+                associative = self.associative(name.group(0))
                 self.stack.append("assoc-subscript" if associative else "subscript")
                 self.take()
             return
@@ -247,6 +269,12 @@ class _Lexer:
         ):
             self.stack.append("let")
             self.take(3)
+        elif (
+            context in ("code", "sub", "tick")
+            and at_word_start
+            and (assignment := _ASSIGNMENT.match(self.flat, i))
+        ):
+            self.assignment(assignment)
         elif source.startswith("$((", i) or (
             source.startswith("((", i) and (i == 0 or source[i - 1] in " \t\n;&|")
         ):
@@ -286,6 +314,18 @@ class _Lexer:
             self.pending.clear()
         else:
             self.take()
+
+    def assignment(self, word: re.Match) -> None:
+        """`name[...]=`: the subscript is arithmetic. `name=` where `name` is an integer: so
+        is the value, to the end of the word."""
+        name, subscript = word.group(1), word.group(2)
+        self.take(len(name))
+        if subscript:
+            self.stack.append("assoc-subscript" if self.associative(name) else "subscript")
+            self.take()
+        elif name in self.integers:
+            self.take(word.end() - self.i)
+            self.stack.append("integer")
 
     def arith_char(self, c: str) -> None:
         if self.source.startswith("))", self.i):
@@ -358,7 +398,7 @@ def rewrite(source: str) -> str:
 # already literal; single-quoted text is closed, the quoted reference added, and reopened.
 # Bash evaluates a variable's text again inside arithmetic (`a[$(cmd)]` runs cmd), so there
 # only plain numbers are allowed, checked by the filter.
-ARITHMETIC = ("arith", "arith-paren", "arith-square", "subscript", "offset", "let")
+ARITHMETIC = ("arith", "arith-paren", "arith-square", "subscript", "offset", "let", "integer")
 
 REFERENCE = {
     "code": '"${{{name}}}"',

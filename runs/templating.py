@@ -68,7 +68,7 @@ def _stepwise_shell(
         if not _NUMBER.fullmatch(text):
             raise RenderError(
                 "only a number can go where bash evaluates arithmetic ($(( )), [[ -eq ]],"
-                f" ${{array[i]}}, ${{s:offset}}, let), not {text!r}"
+                f" ${{array[i]}}, array[i]=, ${{s:offset}}, let, an integer's value), not {text!r}"
             )
         return _ShellText(text)
     variables: dict[str, str] = context["__stepwise_vars__"]

@@ -189,6 +189,11 @@ ARITHMETIC_CONTEXTS = {
     "$(( )) in double quotes": 'echo "[$(( {{ params.v }} + 1 ))]"',
     "$(( )) in a heredoc": "cat <<EOF\n[$(( {{ params.v }} ))]\nEOF",
     "subscript in a heredoc": "a=(x y)\ncat <<EOF\n[${a[{{ params.v }}]}]\nEOF",
+    "array element assignment": 'a[{{ params.v }}]=y; echo "[${a[@]}]"',
+    "array element assignment after declare": 'declare a[{{ params.v }}]=y; echo "[${a[@]}]"',
+    "declare -i": 'declare -i n={{ params.v }}; echo "[$n]"',
+    "integer assigned later": 'local -i n 2>/dev/null || declare -i n; n="{{ params.v }}"; echo "[$n]"',
+    "integer appended to": 'declare -gi n=1; n+={{ params.v }}; echo "[$n]"',
 }
 
 
@@ -210,6 +215,9 @@ def test_strings_stay_allowed_where_bash_does_not_evaluate_arithmetic(tmp_path):
         'declare -A m=([k]=1); echo "[${m[{{ params.v }}]}]"',
         'echo "${UNSET:-[{{ params.v }}]}"',
         "echo ${UNSET:-[{{ params.v }}]}",
+        'declare -A m; m[{{ params.v }}]=1; echo "[${!m[@]}]"',
+        'n={{ params.v }}; echo "[$n]"',
+        'declare -i count=1; name="{{ params.v }}"; echo "[$name]"',
     ]
     outputs = []
     for template in templates:
@@ -221,7 +229,7 @@ def test_strings_stay_allowed_where_bash_does_not_evaluate_arithmetic(tmp_path):
             env={"PATH": "/usr/bin:/bin", "V": value, **variables},
         )
         outputs.append(result.stdout.decode())
-    assert outputs == [f"[{value}]\n", "[]\n", f"[{value}]\n", f"[{value}]\n"]
+    assert outputs == [f"[{value}]\n", "[]\n", *[f"[{value}]\n"] * 5]
     assert not canary.exists()
 
 
