@@ -28,7 +28,6 @@ from runs.services.events import (
 from runs.services.logs import log_system, logs_append
 from runs.state import (
     RUN_ACTIVE,
-    STEP_ACTIVE,
     RunStatus,
     StepStatus,
 )
@@ -260,10 +259,18 @@ class Finish:
 
 
 def _siblings_still_running(step: Step) -> bool:
+    """Whether a parallel sibling of `step` is queued or running: then it will plan the
+    group's next move when it finishes. An open approval or a running subgroup among the
+    siblings does not count: the run may have to become `waiting` now, which a plan says."""
     if step.parent_id is None:
         return False
     return (
-        Step.objects.filter(parent_id=step.parent_id, parent__parallel=True, status__in=STEP_ACTIVE)
+        Step.objects.filter(
+            parent_id=step.parent_id,
+            parent__parallel=True,
+            status__in=(StepStatus.QUEUED, StepStatus.RUNNING),
+        )
+        .exclude(kind="group")
         .exclude(pk=step.pk)
         .exists()
     )

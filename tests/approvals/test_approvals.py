@@ -382,3 +382,38 @@ def test_a_secret_field_is_sealed_for_later_steps_and_masked_everywhere_else(
     ]
     assert otp not in json.dumps(stored, default=str)
     assert LogEntry.objects.filter(run=retry, message="used ***").exists()
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["beside a step", "inside a group"])
+def test_run_waits_once_its_parallel_siblings_of_a_gate_are_done(make_runbook, people, nested):
+    gate = """
+              - id: gate
+                approval:
+                  message: "Go?"
+                  approvers: {users: [alice]}"""
+    if nested:
+        gate = """
+              - id: inner
+                steps:""" + gate.replace("\n", "\n    ")
+    runbook = make_runbook(
+        """
+        slug: parallel-gate
+        name: Parallel gate
+        steps:
+          - id: both
+            parallel: true
+            steps:
+              - id: work
+                shell: 'true'"""
+        + gate
+        + """
+          - id: after
+            shell: 'true'
+        """
+    )
+    run = run_create(runbook=runbook, params={}, user=people["olivia"], origin="ui")
+    run = drain_until_waiting(run)
+    assert step(run, "work").status == "succeeded" and step(run, "gate").status == "waiting"
+    assert step(run, "gate").parent.key == ("inner" if nested else "both")
+    approval_decide(approval=Approval.objects.get(run=run), user=people["alice"], approve=True)
+    assert drain(run).status == "succeeded"
