@@ -464,6 +464,9 @@ def work(run_pk: int, step_pk: int | None = None) -> int:
     siblings = _siblings()
     steps = services.step_claim(run_pk=run_pk, worker=worker, prefer=step_pk, siblings=siblings)
     upcoming = None
+    # Retries this worker scheduled to wait out itself (short delays): no message and no
+    # reaper wakes them before STEPWISE_REQUEUE_AFTER, so it must not return before them.
+    owed: list[tuple[datetime, Step]] = []
     while steps:
         if len(steps) == 1:
             finish = execute(steps[0], worker, upcoming)
@@ -483,10 +486,14 @@ def work(run_pk: int, step_pk: int | None = None) -> int:
         if finish.run_ended:
             break  # a claim would find nothing, and on SQLite it takes the write lock
         upcoming = None
-        prefer = None
         if finish.retry_at is not None:
-            # A cancel during the wait cancels the queued step, so the claim below finds nothing.
-            _wait_until(finish.retry_at, steps[0])
-            prefer = steps[0].pk if len(steps) == 1 else None
-        steps = services.step_claim(run_pk=run_pk, worker=worker, prefer=prefer, siblings=siblings)
+            due = finish.retries_at or (finish.retry_at,)
+            owed += [(when, steps[0]) for when in due]
+        steps = services.step_claim(run_pk=run_pk, worker=worker, siblings=siblings)
+        while not steps and owed:
+            owed.sort(key=lambda item: item[0])
+            when, step = owed.pop(0)
+            # A cancel during the wait cancels the queued step, so the claim finds nothing.
+            _wait_until(when, step)
+            steps = services.step_claim(run_pk=run_pk, worker=worker, siblings=siblings)
     return done

@@ -247,6 +247,9 @@ class StepResult:
 class Finish:
     next_step: Step | None = None  # the next ready step, already claimed for this worker
     retry_at: Any = None  # when this step is retried, if the worker should wait for it
+    # With a batch (`step_finish_many`), when each of its steps retried inline is due; the
+    # worker owes them all, not only the first.
+    retries_at: tuple[Any, ...] = ()
     # Ready siblings of `next_step` in a parallel group, claimed with it (`_claim_siblings`).
     siblings: list[Step] = field(default_factory=list)
     # The steps after `next_step` in its sequential group, for its own step_finish.
@@ -562,7 +565,7 @@ def step_finish_many(
     (`step_claim_siblings`): one transaction, one run lock and one plan for all of them.
 
     Each step is recorded exactly as `step_finish` records it. Returns None if the worker
-    held none of them any more; `retry_at` is the earliest retry it should wait for.
+    held none of them any more; `retries_at` are the retries it should wait for.
     """
     run = _relock(ended[0].step.run)
     for item in ended:
@@ -580,7 +583,7 @@ def step_finish_many(
     if retries:
         # A sibling goes again, so the group is still active: nothing to plan yet.
         due = [r.retry_at for r in retries if r.retry_at is not None]
-        return Finish(retry_at=min(due) if due else None)
+        return Finish(retry_at=min(due) if due else None, retries_at=tuple(due))
     if _siblings_still_running(ended[0].step):
         return Finish()
     return _advance_and_hold(run, worker, siblings)

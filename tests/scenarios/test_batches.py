@@ -228,3 +228,29 @@ def test_a_step_taken_back_mid_batch_is_stopped_and_left_alone(make_runbook, set
     pid = next(m for m in logs(run, "a") if m.startswith("pid="))
     assert not pid_alive(int(pid.split("=")[1]))
     assert StepAttempt.objects.get(step=tree["a"]).status == "running"  # left to its new owner
+
+
+@pytest.mark.parametrize("batch", [16, 1], ids=["batched", "one by one"])
+def test_the_worker_that_schedules_short_retries_runs_them_all(make_runbook, settings, batch):
+    # `fast` retries at once, twice, while `later`'s retry is due a second after its first
+    # attempt: the worker busy with `fast` must not forget `later` (the reaper would only
+    # notice it a minute later).
+    settings.STEPWISE_STEP_BATCH = batch
+    runbook = make_runbook(
+        """
+        slug: owed-retries
+        name: Owed retries
+        steps:
+          - id: fan
+            parallel: true
+            steps:
+              - {id: later, retries: {max: 1, delay: 1s}, shell: '[ "$STEPWISE_ATTEMPT" = 2 ]'}
+              - {id: fast, retries: 2, shell: 'exit 1'}
+        """
+    )
+    run = start(runbook)
+    runner.work(run.pk)  # one worker, one task: no drain loop to pick up what it left
+    run.refresh_from_db()
+    assert run.status == "failed"
+    assert (steps(run)["later"].status, steps(run)["later"].attempt) == ("succeeded", 2)
+    assert steps(run)["fast"].attempt == 3
