@@ -13,9 +13,10 @@ from runbooks.models import Runbook, RunbookVersion
 from runbooks.params import ParamsError, coerce_params, secret_names
 from runbooks.services import version_definition
 from runs import secrets
-from runs.models import Run, Step
+from runs.models import LogEntry, LogLevel, Run, Step
 from runs.services.advance import run_advance
 from runs.services.events import _events_batched, _record_event, step_transition
+from runs.services.logs import logs_append
 from runs.state import (
     RunStatus,
     StepStatus,
@@ -185,13 +186,14 @@ def _run_insert(run: Run, definition: Any, reuse_from: Run | None) -> None:
 def _reuse_succeeded_steps(run: Run, source: Run) -> None:
     """Retry from failed: leaf steps that succeeded before keep their outputs and don't rerun."""
     done = {
-        key: (outputs, started, finished)
-        for key, outputs, started, finished in source.steps.leaves()
+        key: (outputs, started, finished, exit_code, attempt)
+        for key, outputs, started, finished, exit_code, attempt in source.steps.leaves()
         .filter(status=StepStatus.SUCCEEDED)
-        .values_list("key", "outputs", "started_at", "finished_at")
+        .values_list("key", "outputs", "started_at", "finished_at", "exit_code", "attempt")
     }
-    for step in run.steps.leaves().filter(key__in=done):
-        outputs, started, finished = done[step.key]
+    lines = []
+    for step in run.steps.leaves().filter(key__in=done).order_by("position"):
+        outputs, started, finished, exit_code, attempt = done[step.key]
         step_transition(
             step=step,
             to=StepStatus.SUCCEEDED,
@@ -199,7 +201,24 @@ def _reuse_succeeded_steps(run: Run, source: Run) -> None:
             outputs=outputs,
             started_at=started,
             finished_at=finished,
+            exit_code=exit_code,
         )
+        # The step makes no attempt here (its attempt stays 0): its log says whose result it
+        # shows, or it would be a success with no trace of where it came from.
+        of = f" (attempt {attempt})" if attempt else ""
+        lines.append(
+            LogEntry(
+                run_id=run.pk,
+                step=step,
+                attempt=0,
+                timestamp=timezone.now(),
+                level=LogLevel.SYSTEM,
+                stream="system",
+                message=f"step {step.number} {step.key} not run again: reused the result of"
+                f" run #{source.number}{of}",
+            )
+        )
+    logs_append(lines)
 
 
 def _check_secrets_reused(

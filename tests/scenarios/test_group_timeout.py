@@ -185,4 +185,6 @@ def test_retry_from_the_failed_step_gives_the_group_a_fresh_deadline(
     by_key = steps(again)
     assert again.status == "succeeded", again.error
     assert by_key["box"].deadline > steps(failed)["box"].deadline
-    assert logs(again, "first") == []  # reused, not run again
+    assert logs(again, "first") == [  # reused, not run again
+        f"step 1 first not run again: reused the result of run #{failed.number} (attempt 1)"
+    ]

@@ -367,6 +367,12 @@ def test_retry_from_failed_reuses_succeeded_steps(make_runbook, tmp_path, user):
     assert steps(second)["prepare"].outputs == {"token": token}
     assert not StepAttempt.objects.filter(step=steps(second)["prepare"]).exists()
     assert f"deployed with {token}" in logs(second, "deploy")
+    # Not run, so attempt 0; the log and exit code say whose result it shows.
+    reused = steps(second)["prepare"]
+    assert (reused.attempt, reused.exit_code) == (0, 0)
+    assert logs(second, "prepare") == [
+        f"step 1 prepare not run again: reused the result of run #{first.number} (attempt 1)"
+    ]
 
 
 def test_retry_from_failed_is_refused_for_a_succeeded_run(make_runbook, user):

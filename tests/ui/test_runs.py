@@ -267,6 +267,8 @@ def test_operator_retries_from_the_failed_step(login, operator, flaky, start_run
     assert response["Location"] == f"/runs/{new.number}/"
     assert new.origin == "ui"
     assert new.steps.get(key="first").status == "succeeded"
+    page = login(operator).get(f"/runs/{new.number}/").content.decode()
+    assert ">reused</span>" in page
 
 
 def test_operator_retries_from_start(login, operator, flaky, start_run):
