@@ -448,10 +448,11 @@ def _supervise(members: list[_Member], worker: str) -> None:
                 member.stop_reason = reason if member.step.pk in held else "lost"
 
 
-def _wait_until(when: datetime, step: Step) -> None:
-    """Waits out a short retry delay, returning early if the run is cancelled."""
+def _wait_until(when: datetime, run_pk: int) -> None:
+    """Waits out a short retry delay, returning early once the run has no queued step left:
+    a cancel or a timeout ended it (the run may already be over, not just cancelling)."""
     while (left := (when - timezone.now()).total_seconds()) > 0:
-        if services.step_should_stop(step=step):
+        if not services.steps_queued(run_pk=run_pk):
             return
         time.sleep(min(left, 0.5))
 
@@ -466,7 +467,7 @@ def work(run_pk: int, step_pk: int | None = None) -> int:
     upcoming = None
     # Retries this worker scheduled to wait out itself (short delays): no message and no
     # reaper wakes them before STEPWISE_REQUEUE_AFTER, so it must not return before them.
-    owed: list[tuple[datetime, Step]] = []
+    owed: list[datetime] = []
     while steps:
         if len(steps) == 1:
             finish = execute(steps[0], worker, upcoming)
@@ -488,12 +489,11 @@ def work(run_pk: int, step_pk: int | None = None) -> int:
         upcoming = None
         if finish.retry_at is not None:
             due = finish.retries_at or (finish.retry_at,)
-            owed += [(when, steps[0]) for when in due]
+            owed += due
         steps = services.step_claim(run_pk=run_pk, worker=worker, siblings=siblings)
         while not steps and owed:
-            owed.sort(key=lambda item: item[0])
-            when, step = owed.pop(0)
+            owed.sort()
             # A cancel during the wait cancels the queued step, so the claim finds nothing.
-            _wait_until(when, step)
+            _wait_until(owed.pop(0), run_pk)
             steps = services.step_claim(run_pk=run_pk, worker=worker, siblings=siblings)
     return done

@@ -50,6 +50,7 @@ from runs.services.workers import (
     step_heartbeat,
     step_heartbeat_many,
     step_should_stop,
+    steps_queued,
 )
 
 __all__ = [
@@ -82,6 +83,7 @@ __all__ = [
     "step_should_stop",
     "step_transition",
     "step_wake_due",
+    "steps_queued",
     "steps_transition",
     "template_context",
 ]

@@ -228,6 +228,11 @@ def step_heartbeat(*, step: Step, worker: str) -> str | None:
     return None
 
 
+def steps_queued(*, run_pk: int) -> bool:
+    """Whether the run has a queued step: one a worker waiting out a retry delay waits for."""
+    return Step.objects.filter(run_id=run_pk, status=StepStatus.QUEUED).exists()
+
+
 def step_should_stop(*, step: Step) -> str | None:
     """A cheap check between heartbeats: has the run been cancelled?"""
     status = Run.objects.values_list("status", flat=True).get(pk=step.run_id)

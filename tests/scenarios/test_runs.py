@@ -336,6 +336,35 @@ def test_cancel_inside_a_parallel_group_closes_the_group_and_the_run(make_runboo
     assert not pid_alive(int(line.message.split("=")[1]))
 
 
+def work_and_close(run) -> None:
+    """One worker task (`runner.work`) in a thread, closing its connection after."""
+    try:
+        runner.work(run.pk)
+    finally:
+        connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_during_a_retry_delay_frees_the_worker_waiting_it_out(make_runbook, user):
+    runbook = make_runbook(
+        """
+        slug: cancel-delay
+        name: Cancel in a retry delay
+        steps:
+          - {id: flaky, retries: {max: 1, delay: 14s}, shell: 'exit 1'}
+        """
+    )
+    run = start(runbook)
+    worker = threading.Thread(target=work_and_close, args=(run,))
+    worker.start()
+    wait_for(lambda: Step.objects.filter(run=run, key="flaky", status="queued", attempt=1).exists())
+    run_cancel(run=Run.objects.get(pk=run.pk), user=user, reason="stop")
+    assert Run.objects.get(pk=run.pk).status == "cancelled"
+    # The worker stops waiting for a retry that will not come: the run is over.
+    wait_for(lambda: not worker.is_alive(), timeout=7)
+    worker.join()
+
+
 def test_cancel_refuses_a_finished_run(make_runbook, user):
     run = drain(start(make_runbook("slug: quick\nname: Quick\nsteps: [{id: a, shell: 'true'}]")))
     with pytest.raises(Conflict, match="only active runs"):
