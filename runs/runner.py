@@ -6,6 +6,7 @@ finds nothing to claim and a lost one is re-sent by the reaper.
 """
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -265,6 +266,7 @@ class _Member:
         self.deadline, self.deadline_reason = _deadline(step, self.spec)
         self.pid: int | None = None
         self.pid_saved = False
+        self.recorded = False  # its result is written (`_record`)
         self.started = time.monotonic()
         try:
             masker = Masker(secret_values(unseal_all(step.run.sealed_secrets)))
@@ -353,9 +355,10 @@ def _threads() -> ThreadPoolExecutor:
 
 
 def execute_many(steps: list[Step], worker: str) -> services.Finish | None:
-    """Runs claimed shell steps of one parallel group side by side and records their results
-    in one transaction. Each keeps its own timeout, log and outputs; heartbeats and the
-    cancel check cover them all at once."""
+    """Runs claimed shell steps of one parallel group side by side. Each keeps its own
+    timeout, log and outputs; heartbeats and the cancel check cover them all at once. Steps
+    that end together are recorded in one transaction; one that ends while others still run
+    is recorded then (`_supervise`), not when the last one ends."""
     members = [_Member(step, worker) for step in steps]
     for member in members:
         if member.result is None:
@@ -370,9 +373,10 @@ def execute_many(steps: list[Step], worker: str) -> services.Finish | None:
                 on_output=member.on_output,
                 on_start=member.on_start,
             )
-        _supervise(running, worker)
+        early = _supervise(running, worker)
         for member in running:
-            member.conclude()
+            if not member.recorded:
+                member.conclude()
     finally:
         for member in members:
             if member.result is None:
@@ -384,10 +388,23 @@ def execute_many(steps: list[Step], worker: str) -> services.Finish | None:
                     member.future.result()
         for member in members:
             shell.cleanup(member.step)
+    finish = _record([m for m in members if not m.recorded], worker, siblings=_siblings())
+    if finish is None:
+        return None
+    # Retries of steps recorded early are owed too (runner.work waits them out).
+    owed = (*early, *(finish.retries_at or ((finish.retry_at,) if finish.retry_at else ())))
+    if not owed:
+        return finish
+    return dataclasses.replace(finish, retry_at=min(owed), retries_at=owed)
+
+
+def _record(members: list[_Member], worker: str, *, siblings: int) -> services.Finish | None:
+    """Records the results of concluded members in one transaction."""
     ended = []
     logs: list[LogEntry] = []
     for member in members:
         assert member.result is not None
+        member.recorded = True
         if member.stop_reason == "lost":
             member.log.system(
                 "lease lost: another worker took this step over; stopping", level=LogLevel.ERROR
@@ -408,18 +425,30 @@ def execute_many(steps: list[Step], worker: str) -> services.Finish | None:
     if not ended:
         services.logs_append(logs)
         return None
-    return services.step_finish_many(ended=ended, worker=worker, logs=logs, siblings=_siblings())
+    return services.step_finish_many(ended=ended, worker=worker, logs=logs, siblings=siblings)
 
 
-def _supervise(members: list[_Member], worker: str) -> None:
-    """While the processes run: flush their logs, record pids, renew leases, notice cancels."""
+def _supervise(members: list[_Member], worker: str) -> list[datetime]:
+    """While the processes run: flush their logs, record pids, renew leases, notice cancels,
+    and record the steps that end before the others. Returns when their retries are due."""
+    owed: list[datetime] = []
     now = time.monotonic()
     next_check = now + 0.5  # the claim has just taken fresh leases
     next_heartbeat = now + settings.STEPWISE_LEASE_SECONDS / 3
     next_flush = now + FLUSH_INTERVAL
     pending = {m.future for m in members if m.future is not None}
     while pending:
-        _done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+        done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+        if done and pending:
+            # Ended while siblings run on: recorded now, so its status, end time and retry
+            # do not wait for the slowest of the batch.
+            ended = [m for m in members if m.future in done and not m.recorded]
+            for member in ended:
+                member.conclude()
+            finish = _record(ended, worker, siblings=0)
+            if finish is not None:
+                owed += finish.retries_at
+            members = [m for m in members if not m.recorded]
         now = time.monotonic()
         for member in members:
             member.drain()
@@ -446,6 +475,7 @@ def _supervise(members: list[_Member], worker: str) -> None:
                 reason = services.step_should_stop(step=live[0].step)
             for member in live:
                 member.stop_reason = reason if member.step.pk in held else "lost"
+    return owed
 
 
 def _wait_until(when: datetime, run_pk: int) -> None:

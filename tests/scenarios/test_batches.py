@@ -254,3 +254,44 @@ def test_the_worker_that_schedules_short_retries_runs_them_all(make_runbook, set
     assert run.status == "failed"
     assert (steps(run)["later"].status, steps(run)["later"].attempt) == ("succeeded", 2)
     assert steps(run)["fast"].attempt == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_step_of_a_batch_ends_when_its_process_does_not_with_the_batch(make_runbook, tmp_path):
+    release = tmp_path / "release"
+    runbook = make_runbook(
+        f"""
+        slug: uneven-batch
+        name: Uneven batch
+        steps:
+          - id: fan
+            parallel: true
+            steps:
+              - {{id: quick, shell: 'exit 4'}}
+              - {{id: slow, shell: 'while [ ! -e {release} ]; do sleep 0.05; done'}}
+        """
+    )
+    run = start(runbook)
+    worker = threading.Thread(target=_work_and_close, args=(run,))
+    worker.start()
+    try:
+        wait_for(lambda: Step.objects.filter(run=run, key="slow", status="running").exists())
+        # `slow` still runs, and will until released: `quick` has ended all the same.
+        quick = wait_for(
+            lambda: Step.objects.filter(run=run, key="quick", status="failed").first(), timeout=10
+        )
+        assert quick.exit_code == 4
+        assert Step.objects.get(run=run, key="slow").status == "running"
+    finally:
+        release.touch()
+        worker.join()
+    run.refresh_from_db()
+    assert run.status == "failed" and run.error["step"] == "1.1"
+    assert steps(run)["quick"].finished_at < steps(run)["slow"].finished_at
+
+
+def _work_and_close(run: Run) -> None:
+    try:
+        runner.work(run.pk)
+    finally:
+        connection.close()
