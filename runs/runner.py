@@ -495,8 +495,8 @@ def work(run_pk: int, step_pk: int | None = None) -> int:
     siblings = _siblings()
     steps = services.step_claim(run_pk=run_pk, worker=worker, prefer=step_pk, siblings=siblings)
     upcoming = None
-    # Retries this worker scheduled to wait out itself (short delays): no message and no
-    # reaper wakes them before STEPWISE_REQUEUE_AFTER, so it must not return before them.
+    # Retries this worker scheduled to wait out itself (short delays): no message wakes
+    # them, and the reaper only once they are overdue, so it must not return before them.
     owed: list[datetime] = []
     while steps:
         if len(steps) == 1:

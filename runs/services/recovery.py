@@ -4,7 +4,7 @@ import socket
 from datetime import timedelta
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from runs.executors.process import kill_orphaned_group, kill_orphans_by_environment
@@ -100,16 +100,26 @@ def step_reclaim_lost(*, step: Step) -> bool:
     return moved
 
 
+# A worker waiting out a retry it scheduled claims it within half a second of its time.
+OWNER_GRACE = 2.0
+
+
 def step_wake_due() -> int:
-    """Sends queue messages for steps that became ready without one (long retry delays)."""
+    """Sends queue messages for steps whose retry is due and that no worker will claim: long
+    retry delays, never sent to the queue, and short ones the worker that scheduled them
+    (`enqueued_at` = `not_before`: it waits them out itself) has not claimed OWNER_GRACE
+    after they were due, as it died or is still running the rest of its batch."""
     now = timezone.now()
+    overdue = now - timedelta(seconds=OWNER_GRACE)
     rows = list(
-        Step.objects.filter(
-            status=StepStatus.QUEUED, enqueued_at__isnull=True, not_before__lte=now
-        ).values_list("pk", "run_id")[:500]
+        Step.objects.filter(status=StepStatus.QUEUED, not_before__lte=now)
+        .filter(
+            Q(enqueued_at__isnull=True) | Q(enqueued_at=F("not_before"), not_before__lte=overdue)
+        )
+        .values_list("pk", "run_id", "enqueued_at")[:500]
     )
-    for pk, run_pk in rows:
-        if Step.objects.filter(pk=pk, status=StepStatus.QUEUED, enqueued_at__isnull=True).update(
+    for pk, run_pk, enqueued_at in rows:
+        if Step.objects.filter(pk=pk, status=StepStatus.QUEUED, enqueued_at=enqueued_at).update(
             enqueued_at=now
         ):
             with transaction.atomic():

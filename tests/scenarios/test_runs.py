@@ -879,6 +879,29 @@ def test_long_retry_delay_is_woken_by_the_reaper(make_runbook, settings):
     assert drain(run).status == "succeeded"
 
 
+def test_a_short_retry_its_worker_never_claims_is_woken_by_the_reaper(make_runbook):
+    from runs.runner import worker_id
+    from runs.services import step_wake_due
+
+    # The worker that scheduled a short retry waits it out itself, unless it died or is
+    # still busy with the rest of its batch: the reaper wakes the retry once it is overdue.
+    runbook = make_runbook(
+        """
+        slug: orphan-retry
+        name: Orphaned retry
+        steps:
+          - {id: a, retries: {max: 1, delay: 100ms}, shell: '[ "$STEPWISE_ATTEMPT" = 2 ]'}
+        """
+    )
+    run = start(runbook)
+    (step,) = step_claim(run_pk=run.pk, worker=worker_id())
+    finish = step_finish(step=step, worker=worker_id(), result=StepResult(status="failed"))
+    assert finish.retry_at is not None  # this worker said it would wait; it never does
+    wait_for(lambda: step_wake_due() == 1, timeout=10)
+    assert step_wake_due() == 0  # woken once
+    assert drain(run).status == "succeeded"
+
+
 def test_worker_hands_a_long_chain_over_instead_of_outliving_its_task(make_runbook, settings):
     from runs.runner import work
 
