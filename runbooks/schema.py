@@ -451,6 +451,39 @@ class ApprovalSpec(_Model):
     fields: list[ParamSpec] = Field(default_factory=list)
     timeout: Duration | None = None
 
+    @model_validator(mode="after")
+    def _reachable(self, info: ValidationInfo) -> ApprovalSpec:
+        # A saved version still loads (it was valid when saved); its gate fails when it opens.
+        stored = isinstance(info.context, Mapping) and info.context.get(_STORED)
+        problem = self.never_approved()
+        if problem and not stored:
+            raise located_error("ApprovalSpec", [(("required",), problem, None)])
+        return self
+
+    def never_approved(self, requester: str | None = None) -> str | None:
+        """Why no set of approvers could ever approve this gate, if none could: it needs
+        more approvals than it names people who may give them (with no group to add more).
+        With `requester`, the person who started the run, who may not approve it himself."""
+        if self.approvers.groups:
+            return None
+        people = sorted(set(self.approvers.users))
+        if requester in people and not self.allow_self_approval:
+            people.remove(requester)
+            if len(people) < self.required:
+                return (
+                    f"{self.required} approval{'s' if self.required > 1 else ''} needed, but of"
+                    f" the approvers only {len(people)} did not start the run"
+                    f" ({requester} did, and allow_self_approval is false)"
+                )
+            return None
+        if len(people) >= self.required:
+            return None
+        named = f"{len(people)} approver{'s are' if len(people) > 1 else ' is'} named"
+        return (
+            f"{self.required} approvals needed, but only {named} ({', '.join(people)}) and no"
+            " group: it could never be approved"
+        )
+
 
 class ApprovalStep(BaseStep):
     """Waits for people; its outputs are `approved_by` and the form's values. A step-level

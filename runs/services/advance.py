@@ -284,12 +284,18 @@ def _open_gates(run: Run, gates: list[Step]) -> bool:
     context = template_context(run)
     masker = run_masker(run)
     specs = version_steps(run.version)
+    requester = run.created_by.get_username() if run.created_by_id else None
     for step in gates:
         spec = specs[step.key].approval
         try:
             message = masker.text(templating.render(spec.message, context))
+            reason = ""
         except templating.RenderError as error:
             reason = f"template error in the approval message: {_masked(error, masker)}"
+        if not reason and (problem := spec.never_approved(requester)):
+            # It would wait for ever (or until its timeout) for approvals no one can give.
+            reason = f"no one can approve: {problem}"
+        if reason:
             step_transition(
                 step=step,
                 to=StepStatus.FAILED,

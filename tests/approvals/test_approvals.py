@@ -417,3 +417,30 @@ def test_run_waits_once_its_parallel_siblings_of_a_gate_are_done(make_runbook, p
     assert step(run, "gate").parent.key == ("inner" if nested else "both")
     approval_decide(approval=Approval.objects.get(run=run), user=people["alice"], approve=True)
     assert drain(run).status == "succeeded"
+
+
+def test_a_gate_no_one_may_approve_fails_when_it_opens_instead_of_waiting_forever(
+    make_runbook, people
+):
+    runbook = make_runbook(
+        """
+        slug: only-me
+        name: Only me
+        steps:
+          - id: gate
+            approval:
+              message: "Go?"
+              approvers: {users: [olivia]}
+          - {id: after, shell: 'true'}
+        """
+    )
+    run = drain(run_create(runbook=runbook, params={}, user=people["olivia"], origin="ui"))
+    assert run.status == "failed"
+    assert step(run, "gate").status == "failed"
+    assert run.error["message"] == (
+        "Step 1 (gate) failed: no one can approve: 1 approval needed, but of the approvers only"
+        " 0 did not start the run (olivia did, and allow_self_approval is false)"
+    )
+    assert not Approval.objects.filter(run=run).exists()
+    # Someone else may start it and have it approved.
+    run, _approval = waiting_run(runbook, people["alice"])

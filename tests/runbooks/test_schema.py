@@ -923,3 +923,19 @@ def test_canonical_form_keeps_required_true_next_to_a_default():
     again = parse_definition(definition.canonical())
     assert again.params[0].required is True
     assert again == definition
+
+
+def test_approval_cannot_need_more_approvals_than_it_names_people() -> None:
+    def gate(required: int, **approvers: list[str]) -> dict[str, Any]:
+        spec = {"message": "Go?", "approvers": approvers, "required": required}
+        return definition({"id": "gate", "approval": spec})
+
+    assert only_issue(gate(2, users=["bob", "bob"])) == (
+        "steps[0].approval.required",
+        "2 approvals needed, but only 1 approver is named (bob) and no group: it could never"
+        " be approved",
+    )
+    assert parse_definition(gate(2, users=["bob", "carol"])).steps[0].approval.required == 2
+    assert parse_definition(gate(5, users=["bob"], groups=["sre"])).steps[0].approval.required == 5
+    # A version saved before the rule still loads; its runs fail at the gate, saying why.
+    assert parse_definition(gate(2, users=["bob"]), stored=True).steps[0].approval.required == 2

@@ -81,7 +81,12 @@ def test_huge_backoff_of_an_old_version_still_makes_every_attempt(make_runbook):
 
 def test_huge_required_approvals_of_an_old_version_open_the_gate(make_runbook):
     runbook = make_runbook("{slug: old, name: Old, steps: [{id: a, shell: 'true'}]}")
-    gate = {"message": "Go?", "approvers": {"users": ["ann"]}, "required": 99999999999999999999}
+    gate = {
+        "message": "Go?",
+        # A group may hold 100 people; 100 approvals from `ann` alone could never come.
+        "approvers": {"users": ["ann"], "groups": ["sre"]},
+        "required": 99999999999999999999,
+    }
     saved_before_the_bounds(
         runbook, {"slug": "old", "name": "Old", "steps": [{"id": "gate", "approval": gate}]}
     )
