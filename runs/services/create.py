@@ -53,9 +53,22 @@ def _create_steps(run: Run, definition: Any) -> None:
 def _split_secrets(
     version: RunbookVersion, params: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The params as shown (secrets as the mask) and the values to seal.
+
+    A secret's value given inside another param too (a URL carrying a token) is masked there
+    as in logs, and that param's real value is sealed with the secrets: steps still get it,
+    but no page or response shows it."""
     names = secret_names(version_definition(version).params)
-    shown = {k: (secrets.MASK if k in names and v is not None else v) for k, v in params.items()}
     hidden = {k: v for k, v in params.items() if k in names and v is not None}
+    masker = secrets.Masker(hidden.values())
+    shown = {}
+    for name, value in params.items():
+        if name in hidden:
+            shown[name] = secrets.MASK
+            continue
+        shown[name] = masker.data(value)
+        if shown[name] != value:
+            hidden[name] = value
     return shown, hidden
 
 
@@ -271,11 +284,12 @@ def run_retry(
         raise Conflict(f"Run #{run.number} succeeded; there is no failed step to retry from.")
     own_secrets = secrets.unseal(run.sealed_secrets)
     given = {
-        # A secret sent back as the mask that responses show keeps its value, so a client can
-        # retry with the params it read, one of them changed.
+        # A sealed param sent back as responses show it (the mask, or a value with a secret
+        # masked inside) keeps its value, so a client can retry with the params it read, one
+        # of them changed.
         name: value
         for name, value in (params or {}).items()
-        if not (name in own_secrets and value == secrets.MASK)
+        if not (name in own_secrets and value == run.params.get(name))
     }
     _check_secrets_reused(run, user, own_secrets, given)
     return run_create(

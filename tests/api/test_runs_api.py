@@ -458,6 +458,29 @@ def test_secret_given_through_the_api_is_masked_in_the_202(api, deploy):
     assert SECRET.encode() not in response.content
 
 
+def test_a_secret_given_inside_another_param_is_masked_there_while_steps_get_it(api, deploy):
+    # A URL or a connection string carrying the token, say.
+    given = {"token": SECRET, "service": f"api-{SECRET}"}
+    response = api.post("/api/v1/runs", {"runbook": "deploy", "params": given}, format="json")
+
+    assert response.status_code == 202
+    assert response.json()["params"]["service"] == "api-***"
+    run = drain(Run.objects.get(number=response.json()["number"]))
+    assert run.status == "succeeded"
+    for url in ("/api/v1/runs", f"/api/v1/runs/{run.number}"):
+        assert SECRET.encode() not in api.get(url).content, url
+    report = Artifact.objects.get(run=run).file.read()  # artifacts are not masked
+    assert report == f"report for api-{SECRET}\n".encode()
+
+    # Retried with the params as read back, the param keeps its real value.
+    read = api.get(f"/api/v1/runs/{run.number}").json()["params"]
+    retried = api.post(
+        f"/api/v1/runs/{run.number}/retry", {"params": {**read, "replicas": 3}}, format="json"
+    )
+    assert retried.status_code == 202
+    assert unseal(Run.objects.get(number=retried.json()["number"]).sealed_secrets) == given
+
+
 # --- Cancel ---------------------------------------------------------------------------------
 
 
