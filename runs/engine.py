@@ -10,7 +10,8 @@ Rules (DESIGN.md section 3):
 - A pending step whose `if` is false is skipped (a skipped group skips its whole subtree).
 - A child that ended failed or timed out, without `continue_on_error`, stops its group: no
   further children start, running ones finish, then the group fails and the children that
-  never started are skipped.
+  never started are skipped. (In a parallel group, children queued that no worker has taken
+  yet are skipped before the plan: `runs.services.advance._skip_unstarted_after_failure`.)
 - A group past its own `timeout` is ended `timed_out` before planning
   (`runs.services.advance`); here it is a failed child like any other.
 """

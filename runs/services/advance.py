@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidTransition
@@ -215,6 +216,7 @@ def run_advance(*, run: Run, hold_first: bool = False, locked: bool = False) -> 
         _time_out(run, top, steps)
         return Advance(queued=[])
     _time_out_groups(run, top, steps)
+    _skip_unstarted_after_failure(top, steps)
 
     context: dict[str, Any] | None = None
 
@@ -429,6 +431,39 @@ def _time_out_groups(run: Run, top: list[engine.Node], steps: dict[int, Step]) -
         )
         node.status = StepStatus.TIMED_OUT
         log_system(run_id=run.pk, step=group, message=reason, level=LogLevel.ERROR)
+
+
+def _skip_unstarted_after_failure(top: list[engine.Node], steps: dict[int, Step]) -> None:
+    """A parallel group stopped by a failed child lets its running children finish (DESIGN.md
+    section 3); the children still queued for a worker that never took them are skipped here,
+    before the plan, not run. A worker that claims one meanwhile wins its compare-and-swap
+    (the claim does not take the run lock): that child counts as running and finishes."""
+    now = timezone.now()
+    nodes = list(top)
+    for node in nodes:
+        nodes.extend(node.children)
+        if not node.parallel or node.status != StepStatus.RUNNING:
+            continue
+        failed = next((child for child in node.children if child.blocks), None)
+        if failed is None:
+            continue
+        reason = f"not run: step {failed.key} {failed.status.replace('_', ' ')}"
+        for child in node.children:
+            step = steps[child.pk]
+            if child.status != StepStatus.QUEUED or step.attempt:  # started, or retrying
+                continue
+            skipped = step_transition(
+                step=step,
+                to=StepStatus.SKIPPED,
+                reason=reason,
+                guard=Q(attempt=0),
+                error=reason,
+                finished_at=now,
+                enqueued_at=None,
+            )
+            if not skipped:
+                step.refresh_from_db(fields=["status", "attempt"])
+            child.status = step.status
 
 
 def _still_running(node: engine.Node) -> bool:

@@ -28,6 +28,7 @@ from runs.services.events import (
 from runs.services.logs import log_system, logs_append
 from runs.state import (
     RUN_ACTIVE,
+    STEP_FAILED,
     RunStatus,
     StepStatus,
 )
@@ -284,6 +285,11 @@ def _siblings_still_running(step: Step) -> bool:
     )
 
 
+def _stops_its_group(step: Step) -> bool:
+    """Whether `step` just ended in a way that stops its group (`engine.Node.blocks`)."""
+    return step.status in STEP_FAILED and not step.continue_on_error
+
+
 def _attempt_finished(
     step: Step, result: StepResult, error: str, now: Any, pid: int | None = None
 ) -> None:
@@ -490,8 +496,9 @@ def step_finish(
         return Finish(retry_at=recorded.retry_at)
     assert recorded.attempt is not None
     # While a parallel sibling is active nothing can start or end: the last sibling to
-    # finish plans the group's next move. Saves planning a wide fan-out once per step.
-    busy = _siblings_still_running(step)
+    # finish plans the group's next move. Saves planning a wide fan-out once per step. A
+    # failure plans at once: siblings no worker has taken yet are skipped, not run.
+    busy = not _stops_its_group(step) and _siblings_still_running(step)
     if not busy and _plain_success(run, step):
         if upcoming is None:
             upcoming = _following_siblings(run, step)
@@ -589,7 +596,8 @@ def step_finish_many(
         # A sibling goes again, so the group is still active: nothing to plan yet.
         due = [r.retry_at for r in retries if r.retry_at is not None]
         return Finish(retry_at=min(due) if due else None, retries_at=tuple(due))
-    if _siblings_still_running(ended[0].step):
+    stopped = any(_stops_its_group(e.step) for e, kept in zip(alike, held, strict=True) if kept)
+    if not stopped and _siblings_still_running(ended[0].step):
         return Finish()
     return _advance_and_hold(run, worker, siblings)
 

@@ -145,6 +145,94 @@ def test_failure_in_parallel_group_fails_the_run_after_siblings_finish(make_runb
     assert run.error == {"message": "Step 1.1 (bad) failed: exit code 4", "step": "1.1"}
 
 
+def test_a_failure_in_a_parallel_group_skips_the_siblings_no_worker_has_taken(make_runbook):
+    # "A parallel group lets running siblings finish, then fails": with fewer workers than
+    # children, the ones still waiting for a worker have not started, so they never do.
+    runbook = make_runbook(
+        """
+        slug: fan-stop
+        name: Fan out that stops
+        steps:
+          - id: group
+            parallel: true
+            steps:
+              - {id: bad, shell: exit 4}
+              - {id: slow, shell: 'true'}
+              - {id: again, retries: {max: 1, delay: 100ms}, shell: 'true'}
+              - {id: waiting1, shell: 'true'}
+              - {id: waiting2, shell: 'true'}
+          - {id: after, shell: echo never}
+        """
+    )
+    run = start(runbook)
+    tree = steps(run)
+
+    def claim(key):
+        (step,) = step_claim(run_pk=run.pk, worker="w1", prefer=tree[key].pk)
+        assert step.key == key
+        return step
+
+    again = claim("again")
+    assert step_finish(step=again, worker="w1", result=StepResult(status="failed")).retry_at
+    slow = claim("slow")
+    step_finish(step=claim("bad"), worker="w1", result=StepResult(status="failed", exit_code=4))
+
+    tree = steps(run)
+    assert {key: tree[key].status for key in ("waiting1", "waiting2")} == dict.fromkeys(
+        ("waiting1", "waiting2"), "skipped"
+    )
+    assert tree["waiting1"].error == "not run: step bad failed"
+    assert tree["slow"].status == "running"  # running siblings finish
+    assert tree["again"].status == "queued"  # and so does one between its attempts
+    assert tree["group"].status == "running"
+
+    step_finish(step=slow, worker="w1", result=StepResult(status="succeeded", exit_code=0))
+    run = drain(run)
+    tree = steps(run)
+    assert run.status == "failed"
+    assert (tree["slow"].status, tree["again"].status) == ("succeeded", "succeeded")
+    assert tree["again"].attempt == 2
+    assert (tree["group"].status, tree["after"].status) == ("failed", "skipped")
+    assert StepAttempt.objects.filter(step__key__in=["waiting1", "waiting2"]).count() == 0
+
+
+def test_a_failure_in_a_batch_of_siblings_skips_the_ones_no_worker_has_taken(make_runbook):
+    from runs.services import Ended, step_finish_many
+
+    runbook = make_runbook(
+        """
+        slug: fan-batch-stop
+        name: Fan out in batches that stops
+        steps:
+          - id: group
+            parallel: true
+            steps:
+              - {id: a, shell: exit 4}
+              - {id: b, shell: 'true'}
+              - {id: c, shell: 'true'}
+              - {id: d, shell: 'true'}
+        """
+    )
+    run = start(runbook)
+    a, b = step_claim(run_pk=run.pk, worker="w1", siblings=1)
+
+    finish = step_finish_many(
+        ended=[
+            Ended(step=a, result=StepResult(status="failed", exit_code=4)),
+            Ended(step=b, result=StepResult(status="succeeded", exit_code=0)),
+        ],
+        worker="w1",
+    )
+
+    assert finish.run_ended
+    run.refresh_from_db()
+    tree = steps(run)
+    assert run.status == "failed"
+    assert {key: tree[key].status for key in "abcd"} == {
+        "a": "failed", "b": "succeeded", "c": "skipped", "d": "skipped",
+    }  # fmt: skip
+
+
 def test_if_skips_or_runs_steps_by_params_and_earlier_results(make_runbook):
     runbook = make_runbook(
         """
