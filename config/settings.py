@@ -5,6 +5,7 @@ The defaults are the embedded mode `make run` uses: SQLite and django-q2's ORM b
 `SECRET_KEY` and `ALLOWED_HOSTS`.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -45,6 +46,7 @@ INSTALLED_APPS = [
     "django_q",
     "django_htmx",
     "template_partials",
+    "axes",
     "config.apps.CoreConfig",
     "runbooks",
     "runs",
@@ -61,6 +63,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -146,13 +150,31 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE = PRODUCTION
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=PRODUCTION)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
 # Behind a proxy that terminates TLS, trust its X-Forwarded-Proto header.
-if env.bool("STEPWISE_BEHIND_PROXY", default=False):
+STEPWISE_BEHIND_PROXY = env.bool("STEPWISE_BEHIND_PROXY", default=False)
+if STEPWISE_BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # HSTS is off unless asked for: once browsers cache it, a mistake cannot be undone
 # (docs/running.md). With it off we silence Django's reminder on purpose.
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 SILENCED_SYSTEM_CHECKS = ["security.W004"] if SECURE_HSTS_SECONDS == 0 else []
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# Sign-in lockout (django-axes): after STEPWISE_LOGIN_FAILURES failed sign-ins for one
+# username from one address, that pair is refused (429, the lockout page) for
+# STEPWISE_LOGIN_LOCKOUT_MINUTES. Keyed on the pair, so nobody can lock a colleague out from
+# elsewhere. Failures are counted in the database, shared by every web process. The client
+# address is the one throttling uses (`config.api.auth.client_address`).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("STEPWISE_LOGIN_FAILURES", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("STEPWISE_LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # failures are kept; a row per successful sign-in is not
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_CLIENT_IP_CALLABLE = "config.api.auth.client_address"
 X_FRAME_OPTIONS = "DENY"
 
 # --- Task queue (django-q2) -----------------------------------------------------------------
@@ -223,7 +245,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django-q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")}},
+    "loggers": {
+        "django-q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")},
+        "axes": {"level": "WARNING"},  # its lockouts; not its start-up banner or each failure
+    },
 }
 
 # Serve static files straight from the app folders outside production (no collectstatic).
@@ -247,6 +272,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "config.api.pagination.PagePagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.api.errors.exception_handler",
+    # Who an anonymous client is: REMOTE_ADDR, or behind the one proxy STEPWISE_BEHIND_PROXY
+    # says there is, the address it saw. DRF's default (None) believes a whole
+    # X-Forwarded-For any client can write, and so gives it a fresh throttle on each request.
+    "NUM_PROXIES": 1 if STEPWISE_BEHIND_PROXY else 0,
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
         "rest_framework.throttling.UserRateThrottle",

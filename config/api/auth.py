@@ -2,11 +2,13 @@
 
 from datetime import timedelta
 
+from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from knox.auth import TokenAuthentication
 from knox.crypto import hash_token
 from rest_framework import exceptions
+from rest_framework.throttling import BaseThrottle
 
 from config.models import ApiToken
 from config.prepared import PreparedQuery
@@ -41,3 +43,9 @@ class BearerTokenAuthentication(TokenAuthentication):
             ApiToken.objects.filter(pk=auth_token.pk).update(last_used_at=now)
             auth_token.last_used_at = now
         return user, auth_token
+
+
+def client_address(request: HttpRequest) -> str | None:
+    """The client's address as API throttling sees it (DRF's NUM_PROXIES), for the sign-in
+    lockout too: one answer to "who is this?" for both."""
+    return BaseThrottle().get_ident(request) or None

@@ -56,6 +56,37 @@ def test_login_page_logs_in_and_logout_logs_out(client, viewer):
     assert client.get("/runs/").status_code == 302
 
 
+def test_sign_in_pauses_after_repeated_wrong_passwords_for_that_user_and_address(
+    client, viewer, settings
+):
+    def sign_in(password, address="10.0.0.1", username="vera"):
+        return client.post(
+            "/accounts/login/",
+            {"username": username, "password": password},
+            REMOTE_ADDR=address,
+        )
+
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert sign_in("wrong").status_code == 200  # the form again, with its error
+    locked = sign_in("wrong")
+    assert locked.status_code == 429
+    assert b"Sign-in paused" in locked.content
+
+    # The right password does not get through the pause either...
+    assert sign_in("pw-vera-123").status_code == 429
+    assert "_auth_user_id" not in client.session
+    # ...but it is the pair that is paused: the same user from elsewhere still signs in.
+    assert sign_in("pw-vera-123", address="10.0.0.2").status_code == 302
+
+
+def test_a_forwarded_for_header_does_not_change_who_an_anonymous_client_is(client):
+    from config.api.auth import client_address
+
+    request = client.get("/healthz").wsgi_request
+    request.META["HTTP_X_FORWARDED_FOR"] = "203.0.113.9"
+    assert client_address(request) == request.META["REMOTE_ADDR"]
+
+
 def test_viewer_sees_no_run_cancel_or_retry_buttons(login, viewer, every_type, flaky, start_run):
     client = login(viewer)
     active = start_run(every_type)
