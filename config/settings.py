@@ -228,6 +228,9 @@ STEPWISE_FANOUT_WAKEUPS = env.int("STEPWISE_FANOUT_WAKEUPS", default=8)
 STEPWISE_STEP_BATCH = env.int("STEPWISE_STEP_BATCH", default=16)
 STEPWISE_INLINE_RETRY_WAIT = env.float("STEPWISE_INLINE_RETRY_WAIT", default=15)
 STEPWISE_KILL_GRACE = env.float("STEPWISE_KILL_GRACE", default=5)
+# What one attempt's output may add to the log, in millions of characters: a runaway `yes`
+# would otherwise fill the database. Beyond it lines are read and dropped; the step goes on.
+STEPWISE_MAX_LOG_MB = env.float("STEPWISE_MAX_LOG_MB", default=100)
 STEPWISE_WORK_DIR = Path(env.str("STEPWISE_WORK_DIR", default=str(VAR_DIR / "work")))
 STEPWISE_SHELL_PATH = env.str("STEPWISE_SHELL_PATH", default="/usr/local/bin:/usr/bin:/bin")
 

@@ -70,8 +70,19 @@ class LogWriter:
         self.buffer: list[LogEntry] = []
         self.last_flush = time.monotonic()
         self.before_flush = before_flush
+        self.room = int(settings.STEPWISE_MAX_LOG_MB * 1_000_000)  # characters of output left
 
     def line(self, stream: str, text: str) -> None:
+        if self.room < 0:
+            return
+        self.room -= len(text) + 1
+        if self.room < 0:
+            self.system(
+                f"log truncated: this attempt printed over {settings.STEPWISE_MAX_LOG_MB:g}"
+                " million characters (STEPWISE_MAX_LOG_MB); the rest of its output is not kept",
+                level=LogLevel.WARN,
+            )
+            return
         level = LogLevel.INFO if stream == "stdout" else LogLevel.WARN
         for prefix, prefixed_level in LEVEL_PREFIXES.items():
             if text.startswith(prefix):

@@ -677,6 +677,38 @@ def test_log_levels_come_from_streams_and_prefixes(make_runbook):
     }
 
 
+def test_an_attempt_that_prints_past_the_log_limit_goes_on_with_its_output_dropped(
+    make_runbook, settings
+):
+    settings.STEPWISE_MAX_LOG_MB = 0.0001  # 100 characters
+    runbook = make_runbook(
+        """
+        slug: chatty
+        name: Chatty
+        steps:
+          - id: talk
+            shell: |
+              for i in $(seq 10 59); do echo "line $i"; done
+              echo "done=yes" >> "$STEPWISE_OUTPUT"
+        """
+    )
+    run = drain(start(runbook))
+
+    talk = run.steps.get(key="talk")
+    assert (run.status, talk.outputs) == ("succeeded", {"done": "yes"})
+    kept = list(
+        LogEntry.objects.filter(step=talk)
+        .exclude(stream="system")
+        .values_list("message", flat=True)
+    )
+    assert kept == [f"line {i}" for i in range(10, 22)]  # 12 lines of 7 characters + newline
+    notes = [m for m in logs(run, "talk") if m.startswith("log truncated")]
+    assert notes == [
+        "log truncated: this attempt printed over 0.0001 million characters"
+        " (STEPWISE_MAX_LOG_MB); the rest of its output is not kept"
+    ]
+
+
 def test_template_error_fails_the_step_with_the_message_in_the_log(make_runbook):
     runbook = make_runbook(
         """
