@@ -231,6 +231,8 @@ STEPWISE_KILL_GRACE = env.float("STEPWISE_KILL_GRACE", default=5)
 # What one attempt's output may add to the log, in millions of characters: a runaway `yes`
 # would otherwise fill the database. Beyond it lines are read and dropped; the step goes on.
 STEPWISE_MAX_LOG_MB = env.float("STEPWISE_MAX_LOG_MB", default=100)
+# What one attempt's artifacts may take in storage, in MB; a file past it is not kept.
+STEPWISE_MAX_ARTIFACTS_MB = env.float("STEPWISE_MAX_ARTIFACTS_MB", default=1000)
 STEPWISE_WORK_DIR = Path(env.str("STEPWISE_WORK_DIR", default=str(VAR_DIR / "work")))
 STEPWISE_SHELL_PATH = env.str("STEPWISE_SHELL_PATH", default="/usr/local/bin:/usr/bin:/bin")
 

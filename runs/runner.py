@@ -344,6 +344,7 @@ class _Member:
                 prepared=self.prepared,
                 result=process,
                 deadline_reason=self.deadline_reason,
+                log=self.log,
             )
         except Exception as error:
             logger.exception("step %s of run %s crashed", self.step.key, self.step.run_id)

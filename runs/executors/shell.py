@@ -12,7 +12,7 @@ from django.conf import settings
 from runs import templating
 from runs.executors.outputs import OutputsError, collect_files, parse_outputs
 from runs.executors.process import ProcessResult, run_process
-from runs.models import Step
+from runs.models import LogLevel, Step
 from runs.services import StepResult, artifacts_store
 from runs.state import StepStatus
 
@@ -95,10 +95,11 @@ def start(prepared: Prepared, supervisor: Any, **callbacks: Any) -> ProcessResul
 
 
 def conclude(
-    *, step: Step, prepared: Prepared, result: ProcessResult, deadline_reason: str
+    *, step: Step, prepared: Prepared, result: ProcessResult, deadline_reason: str, log: Any
 ) -> StepResult:
-    """Keeps the artifacts and reads the outputs of a finished process."""
-    artifacts_store(step=step, files=collect_files(prepared.artifacts))
+    """Keeps the artifacts and reads the outputs of a finished process. `log` is the
+    attempt's `runs.runner.LogWriter`."""
+    artifacts_store(step=step, files=_within_budget(collect_files(prepared.artifacts), log))
     if result.outcome == "timed_out":
         return StepResult(status=StepStatus.TIMED_OUT, error=deadline_reason)
     if result.outcome == "stopped":
@@ -123,6 +124,29 @@ def conclude(
     except OutputsError as error:
         return StepResult(status=StepStatus.FAILED, exit_code=0, error=f"$STEPWISE_OUTPUT: {error}")
     return StepResult(status=StepStatus.SUCCEEDED, exit_code=0, outputs=outputs)
+
+
+def _within_budget(files: list[tuple[str, Path]], log: Any) -> list[tuple[str, Path]]:
+    """The artifacts that fit in STEPWISE_MAX_ARTIFACTS_MB, in name order; each file left
+    out gets a warn line in the log, so nobody wonders where it went."""
+    room = int(settings.STEPWISE_MAX_ARTIFACTS_MB * 1_000_000)
+    kept = []
+    for name, path in files:
+        try:
+            size = path.lstat().st_size
+        except OSError:
+            continue
+        if size > room:
+            log.system(
+                f"artifact {name} not kept: its {size:,} bytes would take this attempt's"
+                f" artifacts over {settings.STEPWISE_MAX_ARTIFACTS_MB:g} MB"
+                " (STEPWISE_MAX_ARTIFACTS_MB)",
+                level=LogLevel.WARN,
+            )
+            continue
+        room -= size
+        kept.append((name, path))
+    return kept
 
 
 def cleanup(step: Step) -> None:
@@ -152,7 +176,11 @@ def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) 
             on_start=supervisor.process_started,
         )
         return conclude(
-            step=step, prepared=prepared, result=result, deadline_reason=supervisor.deadline_reason
+            step=step,
+            prepared=prepared,
+            result=result,
+            deadline_reason=supervisor.deadline_reason,
+            log=supervisor.log,
         )
     finally:
         cleanup(step)

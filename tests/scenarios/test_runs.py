@@ -745,6 +745,35 @@ def test_artifacts_are_kept(make_runbook):
     assert stored["report.txt"].file.read() == b"hello\n"
 
 
+def test_artifacts_past_the_attempts_budget_are_left_out_and_named_in_the_log(
+    make_runbook, settings
+):
+    settings.STEPWISE_MAX_ARTIFACTS_MB = 0.00025  # 250 bytes
+    runbook = make_runbook(
+        """
+        slug: big-artifacts
+        name: Big artifacts
+        steps:
+          - id: report
+            shell: |
+              head -c 100 /dev/zero > "$STEPWISE_ARTIFACTS/a.bin"
+              head -c 200 /dev/zero > "$STEPWISE_ARTIFACTS/b.bin"
+              head -c 150 /dev/zero > "$STEPWISE_ARTIFACTS/c.bin"
+        """
+    )
+    run = drain(start(runbook))
+
+    assert run.status == "succeeded"
+    assert sorted(Artifact.objects.filter(run=run).values_list("name", flat=True)) == [
+        "a.bin",
+        "c.bin",
+    ]
+    assert [m for m in logs(run, "report") if m.startswith("artifact")] == [
+        "artifact b.bin not kept: its 200 bytes would take this attempt's artifacts over"
+        " 0.00025 MB (STEPWISE_MAX_ARTIFACTS_MB)"
+    ]
+
+
 class _Api(BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200)
