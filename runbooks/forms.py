@@ -14,8 +14,8 @@ from django import forms
 from runbooks.params import ParamSpec
 
 
-def _initial(spec: ParamSpec) -> Any:
-    value = spec.default
+def _initial(spec: ParamSpec, value: Any) -> Any:
+    """A param value (its default, or a run's) as its field shows it."""
     if value is None:
         return None
     if spec.type == "json":
@@ -25,7 +25,9 @@ def _initial(spec: ParamSpec) -> Any:
     if spec.type == "datetime":
         return str(value)[:16]
     if spec.type == "secret":
-        return None  # a secret default is never sent to the browser
+        return None  # a secret is never sent to the browser
+    if spec.type in ("integer", "number", "date", "choice"):
+        return str(value)  # as the browser sends it back, so an untouched field is unchanged
     return value
 
 
@@ -69,20 +71,50 @@ def _field(spec: ParamSpec) -> forms.Field:
 
 
 class RunForm(forms.Form):
-    """One field per param, named after it; `params()` gives what run_create expects."""
+    """One field per param, named after it; `params()` gives what run_create expects.
 
-    def __init__(self, specs: Sequence[ParamSpec], *args: Any, **kwargs: Any) -> None:
+    `values` fills the fields with a run's params instead of the defaults (a retry with
+    changes); `edited()` then gives the params the user changed."""
+
+    def __init__(
+        self,
+        specs: Sequence[ParamSpec],
+        *args: Any,
+        values: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.specs = list(specs)
         for spec in self.specs:
             field = _field(spec)
-            field.initial = _initial(spec)
+            field.initial = _initial(
+                spec, values[spec.name] if values and spec.name in values else spec.default
+            )
             field.param_type = spec.type
             field.param_required = spec.required and spec.default is None
             self.fields[spec.name] = field
 
     def params(self) -> dict[str, Any]:
-        return {spec.name: self.cleaned_data.get(spec.name) for spec in self.specs}
+        values = {spec.name: self.cleaned_data.get(spec.name) for spec in self.specs}
+        for spec in self.specs:
+            # A textarea's lines come back from the browser ending in CRLF, as HTML says:
+            # a script would get a \r at the end of each.
+            if spec.type in ("text", "json") and isinstance(values[spec.name], str):
+                values[spec.name] = values[spec.name].replace("\r\n", "\n")
+        return values
+
+    def edited(self) -> dict[str, Any]:
+        """The params whose fields now differ from what they were filled with. An empty
+        secret field is not an edit: the secret keeps its value."""
+        edited = {}
+        for name, value in self.params().items():
+            field = self.fields[name]
+            blank = value in (None, "", [])
+            if field.param_type == "secret" and blank:
+                continue
+            if not (blank and field.initial in (None, "", [])) and value != field.initial:
+                edited[name] = value
+        return edited
 
     def add_service_errors(self, details: Mapping[str, list[str]]) -> None:
         """Puts ValidationFailed details (`params.<name>`) beside their fields."""

@@ -12,5 +12,6 @@ urlpatterns = [
     path("<int:number>/log/stream", streams.run_log_stream, name="run_log_stream"),
     path("<int:number>/cancel", views.run_cancel, name="run_cancel"),
     path("<int:number>/retry", views.run_retry, name="run_retry"),
+    path("<int:number>/retry/edit", views.run_retry_edit, name="run_retry_edit"),
     path("artifacts/<int:pk>/download", views.artifact_download, name="artifact_download"),
 ]

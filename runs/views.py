@@ -22,10 +22,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from config.errors import DomainError
+from config.errors import DomainError, ValidationFailed
 from config.numbers import whole_number
 from config.views import role_required
+from runbooks.forms import RunForm
 from runbooks.models import Runbook
+from runbooks.services import version_definition
 from runs import selectors, services
 from runs.api.views import step_tree
 from runs.filters import RunFilter
@@ -269,6 +271,37 @@ def run_cancel(request: HttpRequest, number: int) -> HttpResponse:
     else:
         messages.success(request, f"Run #{run.number} is being cancelled.")
     return redirect("runs:run_detail", number=run.number)
+
+
+@role_required("operator")
+def run_retry_edit(request: HttpRequest, number: int) -> HttpResponse:
+    """Retry with changes: the run's params in the run form; the ones edited are sent to
+    `run_retry`, which keeps the rest (secrets left empty included)."""
+    run = _run_or_404(number)
+    if not run.is_terminal or run.runbook.is_archived:
+        why = "its runbook is archived" if run.is_terminal else f"it is still {run.status}"
+        messages.error(request, f"Run #{run.number} cannot be retried: {why}.")
+        return redirect("runs:run_detail", number=run.number)
+    form = RunForm(version_definition(run.version).params, request.POST or None, values=run.params)
+    for field in form.fields.values():
+        if field.param_type == "secret":
+            field.help_text = f"Leave it empty to keep the value run #{run.number} was given."
+    can_retry_failed = run.status != RunStatus.SUCCEEDED
+    mode = request.POST.get("from", "failed" if can_retry_failed else "start")
+    if request.method == "POST" and form.is_valid():
+        try:
+            new = services.run_retry(
+                run=run, user=request.user, origin="ui", params=form.edited(), mode=mode
+            )
+        except ValidationFailed as error:
+            form.add_service_errors(error.details)
+        except DomainError as error:
+            form.add_error(None, error.message)
+        else:
+            messages.success(request, f"Run #{new.number} retries #{run.number} with changes.")
+            return redirect("runs:run_detail", number=new.number)
+    context = {"run": run, "form": form, "mode": mode, "can_retry_failed": can_retry_failed}
+    return render(request, "runs/run_retry.html", context, status=400 if form.is_bound else 200)
 
 
 @role_required("operator")

@@ -10,8 +10,9 @@ from django.utils import timezone
 
 from runbooks.services import runbook_archive
 from runs.models import LogEntry, LogLevel, Run
+from runs.secrets import unseal
 from runs.services import logs_append
-from tests.conftest import drain
+from tests.conftest import drain, make_user
 
 
 def _fragment(client, url: str, target: str):
@@ -276,6 +277,69 @@ def test_operator_retries_from_start(login, operator, flaky, start_run):
     login(operator).post(f"/runs/{run.number}/retry", {"from": "start"})
     new = Run.objects.get(retried_from=run)
     assert new.steps.get(key="first").status != "succeeded"
+
+
+def _as_the_browser_sends(form) -> dict:
+    """The retry form's fields as a browser posts them untouched."""
+    data = {}
+    for field in form:
+        value = field.value()
+        if field.widget_type == "checkbox":
+            if value:
+                data[field.name] = "on"
+        elif isinstance(value, str):
+            data[field.name] = value.replace("\n", "\r\n")  # textareas post CRLF
+        elif value is not None:
+            data[field.name] = value
+    return data
+
+
+def test_retry_with_changes_sends_only_the_edits_and_keeps_the_rest(
+    login, operator, every_type, start_run
+):
+    given = {
+        "service": "web", "notes": "first\nsecond", "replicas": 3, "ratio": 0.5,
+        "region": "us", "zones": ["a", "c"], "day": "2026-12-01", "at": "2026-12-01T09:30",
+        "extra": {"k": [1, 2]}, "password": "s3cret",
+    }  # fmt: skip
+    run = drain(start_run(every_type, user=operator, params=given))
+    client = login(operator)
+
+    shown = client.get(f"/runs/{run.number}/retry/edit")
+    assert shown.status_code == 200
+    assert "s3cret" not in shown.content.decode()
+    data = {**_as_the_browser_sends(shown.context["form"]), "replicas": "4", "from": "start"}
+    response = client.post(f"/runs/{run.number}/retry/edit", data)
+
+    new = Run.objects.get(retried_from=run)
+    assert response["Location"] == f"/runs/{new.number}/"
+    assert new.params == {**run.params, "replicas": 4}
+    assert new.params["notes"] == "first\nsecond"  # no \r from the textarea
+    assert unseal(new.sealed_secrets) == {"password": "s3cret"}  # left empty: kept
+
+
+def test_retry_with_changes_of_someone_elses_run_asks_for_its_secrets_by_the_field(
+    login, operator, every_type, start_run
+):
+    run = drain(start_run(every_type, user=operator, params={"password": "s3cret"}))
+    client = login(make_user("oscar", "operator"))
+    form = client.get(f"/runs/{run.number}/retry/edit").context["form"]
+
+    data = {**_as_the_browser_sends(form), "service": "elsewhere", "from": "start"}
+    refused = client.post(f"/runs/{run.number}/retry/edit", data)
+
+    assert refused.status_code == 400
+    assert refused.context["form"].errors == {
+        "password": ["give it again: other params changed and you did not start this run"]
+    }
+    assert not Run.objects.filter(retried_from=run).exists()
+
+
+def test_retry_with_changes_is_refused_for_an_active_run(login, operator, every_type, start_run):
+    run = start_run(every_type)
+    response = login(operator).get(f"/runs/{run.number}/retry/edit", follow=True)
+    assert f"Run #{run.number} cannot be retried: it is still queued." in response.content.decode()
+    assert login(operator).get(f"/runs/{run.number}/").status_code == 200
 
 
 def test_a_run_of_an_archived_runbook_offers_no_retry(login, operator, flaky, start_run):
