@@ -127,14 +127,23 @@ def page_for(server, transactional_db, browser) -> Iterator[Callable[..., object
     """Opens a browser page logged in as `user` (through the login form).
 
     The database fixtures come before `browser` so that they are set up before, and torn
-    down after, Playwright's event loop runs in this thread."""
+    down after, Playwright's event loop runs in this thread. Whatever the test did, no page
+    may have broken the Content-Security-Policy: Chromium reports each refusal on the
+    console, and the test fails with them at teardown."""
     contexts = []
+    refused: list[str] = []
 
     def open_page(user, password: str | None = None):
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         context.set_default_timeout(20_000)
         contexts.append(context)
         page = context.new_page()
+        page.on(
+            "console",
+            lambda message: (
+                refused.append(message.text) if "Content Security Policy" in message.text else None
+            ),
+        )
         page.goto(f"{server.url}/accounts/login/")
         page.fill("#id_username", user.username)
         page.fill("#id_password", password or f"pw-{user.username}-123")
@@ -145,3 +154,4 @@ def page_for(server, transactional_db, browser) -> Iterator[Callable[..., object
     yield open_page
     for context in contexts:
         context.close()
+    assert refused == [], "the pages broke their Content-Security-Policy"
