@@ -3,7 +3,8 @@
 import pytest
 
 from approvals.models import Approval
-from tests.approvals.test_approvals import GATED, person, waiting_run
+from runs.services import run_create
+from tests.approvals.test_approvals import GATED, drain_until_waiting, person, waiting_run
 
 
 @pytest.fixture
@@ -41,6 +42,28 @@ def test_detail_shows_the_context_and_the_form_to_an_approver(client, gate):
     assert "check" in page and "restart" in page  # done and what follows
     assert 'value="approve"' in page and 'value="deny"' in page
     assert 'name="values-window"' in page
+
+
+def test_detail_shows_params_as_the_run_page_does_with_secrets_masked(client, make_runbook):
+    runbook = make_runbook("""
+        slug: secret-gate
+        name: Secret gate
+        params:
+          - {name: token, type: secret}
+          - {name: note, type: string}
+          - {name: dry_run, type: boolean, default: false}
+          - {name: zones, type: multichoice, choices: [eu, us], default: [eu, us]}
+        steps:
+          - id: gate
+            approval: {message: "Go?", approvers: {users: [alice]}}
+    """)
+    params = {"token": "hunter2", "note": "log in with hunter2"}
+    run = drain_until_waiting(run_create(runbook=runbook, params=params, user=None, origin="ui"))
+    client.force_login(person("alice"))
+    page = client.get(f"/approvals/{Approval.objects.get(run=run).pk}/").text
+    assert "hunter2" not in page
+    assert '<dd class="mono">***</dd>' in page and "log in with ***" in page
+    assert '<dd class="mono">no</dd>' in page and '<dd class="mono">eu, us</dd>' in page
 
 
 def test_requester_sees_no_buttons_and_is_refused_when_posting(client, gate):

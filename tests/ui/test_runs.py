@@ -125,6 +125,16 @@ def test_run_page_shows_header_steps_params_and_events(login, viewer, every_type
     assert 'hx-trigger="every 1s"' in page
 
 
+def test_run_page_masks_a_secret_typed_inside_another_param(login, viewer, every_type, start_run):
+    run = start_run(every_type, params={"notes": "log in with hunter2", "password": "hunter2"})
+    client = login(viewer)
+    for page in (
+        client.get(f"/runs/{run.number}/").content.decode(),
+        _fragment(client, f"/runs/{run.number}/", "run-header").content.decode(),
+    ):
+        assert "hunter2" not in page and "log in with ***" in page
+
+
 @pytest.mark.parametrize("target", ["run-header", "run-steps", "run-log"])
 def test_htmx_fragments_are_the_partial_only(login, viewer, every_type, start_run, target):
     run = start_run(every_type)
