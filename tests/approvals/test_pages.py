@@ -66,6 +66,30 @@ def test_detail_shows_params_as_the_run_page_does_with_secrets_masked(client, ma
     assert '<dd class="mono">no</dd>' in page and '<dd class="mono">eu, us</dd>' in page
 
 
+def test_form_marks_required_fields_shows_descriptions_and_labels_multichoice(client, make_runbook):
+    runbook = make_runbook("""
+        slug: described-gate
+        name: Described gate
+        steps:
+          - id: gate
+            approval:
+              message: "Go?"
+              approvers: {users: [alice]}
+              fields:
+                - {name: ticket, label: Change ticket, type: string, description: "e.g. CHG-1"}
+                - {name: regions, label: Regions, type: multichoice, choices: [eu, us]}
+                - {name: replicas, type: integer, required: false}
+    """)
+    run = drain_until_waiting(run_create(runbook=runbook, params={}, user=None, origin="ui"))
+    client.force_login(person("alice"))
+    page = client.get(f"/approvals/{Approval.objects.get(run=run).pk}/").text
+    required = '<span class="req" aria-hidden="true">*</span>'
+    assert f"Change ticket {required}</label>" in page
+    assert '<p class="help">e.g. CHG-1</p>' in page
+    assert "<fieldset><legend>Regions</legend>" in page and 'for=""' not in page
+    assert f"replicas {required}" not in page and "replicas</label>" in page
+
+
 def test_requester_sees_no_buttons_and_is_refused_when_posting(client, gate):
     _, approval, olivia, _ = gate
     client.force_login(olivia)
