@@ -7,6 +7,7 @@ not a role; someone with a role may read every approval.
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
+from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -50,7 +51,12 @@ def approval_list(request: HttpRequest) -> HttpResponse:
         .order_by("opened_at")[:100]
         if can_decide(approval, request.user)
     ]
-    history = _visible(request).exclude(status=ApprovalStatus.PENDING).order_by("-closed_at")[:50]
+    history = (
+        _visible(request)
+        .exclude(status=ApprovalStatus.PENDING)
+        .prefetch_related(Prefetch("decisions", Decision.objects.select_related("user")))
+        .order_by("-closed_at")[:50]
+    )
     others = _visible(request).pending().exclude(pk__in=[a.pk for a in mine]).order_by("opened_at")
     return render(
         request,

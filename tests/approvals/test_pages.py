@@ -1,8 +1,11 @@
 """Approval pages: the inbox, one approval with its context, deciding in the browser."""
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from approvals.models import Approval
+from approvals.services import approval_decide
 from runs.services import run_create
 from tests.approvals.test_approvals import GATED, drain_until_waiting, person, waiting_run
 
@@ -23,6 +26,28 @@ def test_inbox_lists_what_waits_for_me(client, gate):
     assert page.status_code == 200
     assert "Waiting for me" in page.text and "Restart api?" in page.text
     assert f"/approvals/{approval.pk}/" in page.text
+
+
+def test_history_says_who_decided_and_when_in_a_fixed_number_of_queries(client, make_runbook):
+    runbook = make_runbook(GATED.replace("REQUIRED", "2").replace("SELF", "false"))
+    olivia, alice, bob = person("olivia", "operator"), person("alice"), person("bob")
+    client.force_login(person("vera", "viewer"))
+
+    def close_one() -> Approval:
+        _, approval = waiting_run(runbook, olivia)
+        approval_decide(approval=approval, user=alice, approve=True)
+        return approval_decide(approval=approval, user=bob, approve=False, comment="no")
+
+    close_one()
+    with CaptureQueriesContext(connection) as first:
+        client.get("/approvals/")
+    closed = close_one()
+    with CaptureQueriesContext(connection) as second:
+        page = client.get("/approvals/").text
+    assert len(second) == len(first)
+    closed.refresh_from_db()
+    assert "<strong>alice</strong> approved, <strong>bob</strong> denied" in page
+    assert f'<time datetime="{closed.closed_at.isoformat()}"' in page
 
 
 def test_pages_need_a_login(client, gate):
