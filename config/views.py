@@ -8,6 +8,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.db import connection
 from django.db.models import Count
@@ -45,9 +46,10 @@ def ui_context(request: HttpRequest) -> dict[str, Any]:
     """Role flags for templates: buttons are shown only to those who may use them."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
-        return {"role": None, "can_operate": False, "can_author": False}
+        return {"role": None, "can_view": False, "can_operate": False, "can_author": False}
     return {
         "role": role_of(user),
+        "can_view": has_role(user, "viewer"),
         "can_operate": has_role(user, "operator"),
         "can_author": has_role(user, "author"),
         "approvals_waiting": _approvals_waiting(user),
@@ -115,8 +117,12 @@ CHART_STATUSES = [
 ]
 
 
-@role_required("viewer")
+@login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
+    if not has_role(request.user, "viewer"):
+        # Approving needs no role: someone who may only decide approvals starts in their inbox
+        # (where they are sent after logging in), not on a page refusing them.
+        return redirect("approvals:approval_list")
     active = selectors.run_summaries(selectors.run_list().active().order_by("-number")[:20])
     if request.htmx:
         return render(request, "dashboard.html#active-runs", {"active_runs": active})

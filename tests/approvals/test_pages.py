@@ -67,6 +67,11 @@ def test_detail_shows_the_context_and_the_form_to_an_approver(client, gate):
     assert "check" in page and "restart" in page  # done and what follows
     assert 'value="approve"' in page and 'value="deny"' in page
     assert 'name="values-window"' in page
+    # alice has no role: the run and runbook are named, not linked to pages refusing her
+    assert f'href="/runs/{run.number}/"' not in page and 'href="/runbooks/gated/"' not in page
+    client.force_login(person("vera", "viewer"))
+    page = client.get(f"/approvals/{approval.pk}/").text
+    assert f'href="/runs/{run.number}/"' in page and 'href="/runbooks/gated/"' in page
 
 
 def test_detail_shows_params_as_the_run_page_does_with_secrets_masked(client, make_runbook):

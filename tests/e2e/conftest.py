@@ -6,6 +6,7 @@ missing these tests fail, saying so, rather than skip.
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -124,7 +125,8 @@ def browser(_orm_beside_playwright) -> Iterator[object]:
 
 @pytest.fixture
 def page_for(server, transactional_db, browser) -> Iterator[Callable[..., object]]:
-    """Opens a browser page logged in as `user` (through the login form).
+    """Opens a browser page logged in as `user` (through the login form), on the page
+    logging in leads to: the dashboard, or the approvals inbox for a user without a role.
 
     The database fixtures come before `browser` so that they are set up before, and torn
     down after, Playwright's event loop runs in this thread. Whatever the test did, no page
@@ -148,7 +150,7 @@ def page_for(server, transactional_db, browser) -> Iterator[Callable[..., object
         page.fill("#id_username", user.username)
         page.fill("#id_password", password or f"pw-{user.username}-123")
         page.click("button[type=submit]")
-        page.wait_for_url(f"{server.url}/")
+        page.wait_for_url(re.compile(rf"^{re.escape(server.url)}/(approvals/)?$"))
         return page
 
     yield open_page

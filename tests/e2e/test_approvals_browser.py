@@ -43,6 +43,7 @@ def start_and_open(page_for, server, make_runbook, cluster, people):
     expect(operator_page.locator("#run-status")).to_have_text("waiting", timeout=30_000)
     operator_page.evaluate("window.__notReloaded = true")
     approver_page = page_for(approver)
+    expect(approver_page).to_have_url(f"{server.url}/approvals/")  # alice has no role
     expect(approver_page.locator(".nav-badge")).to_have_text("1")
     approver_page.click("nav >> text=Approvals")
     approver_page.click("text=Apply the change to production?")

@@ -33,9 +33,22 @@ def test_anonymous_users_are_sent_to_the_login_page(client, pages):
 def test_users_without_a_role_are_refused(login, outsider, pages):
     client = login(outsider)
     for url in pages:
-        if url == "/settings/tokens/":
+        if url in ("/", "/settings/tokens/"):
             continue
         assert client.get(url).status_code == 403, url
+
+
+def test_users_without_a_role_start_in_their_approvals_inbox(client, outsider):
+    # Approving needs no role: the home page of someone who may only approve is the inbox,
+    # and the navigation offers no page that would refuse them.
+    response = client.post(
+        "/accounts/login/", {"username": "olga", "password": "pw-olga-123"}, follow=True
+    )
+    assert response.redirect_chain[-1] == ("/approvals/", 302)
+    assert "Waiting for me" in response.text
+    nav = response.text.split('<nav class="mainnav"')[1].split("</nav>")[0]
+    assert 'href="/approvals/"' in nav and 'href="/runs/"' not in nav
+    assert 'href="/runbooks/"' not in nav and 'href="/" ' not in nav
 
 
 def test_viewers_can_read_every_page(login, viewer, pages):
