@@ -99,11 +99,14 @@ def _get(request: HttpRequest, pk: int) -> Approval:
 def approval_detail(request: HttpRequest, pk: int) -> HttpResponse:
     approval = _get(request, pk)
     template = "approvals/approval_detail.html"
+    # The state polls on its own, so what is typed in the forms is never lost; it removes
+    # them (out of band) once they can no longer be used. A panel loaded into a run's page
+    # has no forms to remove yet.
+    polled = bool(request.htmx) and request.GET.get("part") == "state"
     if request.htmx:
-        # The state polls on its own; the forms are left alone so typing is never lost.
-        part = "decision-state" if request.GET.get("part") == "state" else "decision-panel"
-        template += f"#{part}"
+        template += "#decision-state" if polled else "#decision-panel"
     context = _detail_context(request, approval)
+    context["polled"] = polled
     context["next"] = _safe_next(request, request.GET.get("next", ""))
     return render(request, template, context)
 

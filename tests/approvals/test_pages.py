@@ -188,6 +188,19 @@ def test_decision_panel_is_an_htmx_fragment_that_stops_polling_once_closed(clien
     assert 'value="approve"' not in closed_panel
 
 
+def test_a_loaded_panel_swaps_nothing_out_of_band(client, gate):
+    # Loaded into a run's page, the panel is not on the page yet: an out-of-band swap of its
+    # #decision-forms finds no target (htmx:oobErrorNoTarget). Only its polls remove them.
+    run, approval, olivia, _ = gate
+    client.force_login(olivia)  # she started the run: she cannot decide
+    panel = client.get(
+        f"/approvals/{approval.pk}/?next=/runs/{run.number}/", HTTP_HX_REQUEST="true"
+    ).text
+    assert panel.count('id="decision-forms"') == 1 and "hx-swap-oob" not in panel
+    state = client.get(f"/approvals/{approval.pk}/?part=state", HTTP_HX_REQUEST="true").text
+    assert '<div id="decision-forms" hx-swap-oob="true"></div>' in state
+
+
 def test_someone_not_named_cannot_see_the_approval(client, gate):
     _, approval, *_ = gate
     client.force_login(person("stranger"))
