@@ -73,15 +73,17 @@ def _form(approval: Approval, data: Any = None) -> RunForm:
 def _detail_context(request: HttpRequest, approval: Approval, form: RunForm | None = None):
     run = approval.run
     steps = list(run.steps.order_by("position"))
+    decisions = list(approval.decisions.select_related("user"))
+    approve_count = sum(d.verdict == Decision.Verdict.APPROVE for d in decisions)
     return {
         "approval": approval,
         "run": run,
         "done": [s for s in steps if s.position < approval.step.position and s.kind != "group"],
         "following": [s for s in steps if s.position > approval.step.position],
-        "decisions": list(approval.decisions.select_related("user")),
-        "approve_count": sum(
-            d.verdict == Decision.Verdict.APPROVE for d in approval.decisions.all()
-        ),
+        "decisions": decisions,
+        "approve_count": approve_count,
+        "still_needed": max(approval.required - approve_count, 0),
+        "my_decision": next((d for d in decisions if d.user_id == request.user.pk), None),
         "can_decide": can_decide(approval, request.user),
         "form": form or _form(approval),
     }

@@ -188,6 +188,23 @@ def test_decision_panel_is_an_htmx_fragment_that_stops_polling_once_closed(clien
     assert 'value="approve"' not in closed_panel
 
 
+def test_after_deciding_the_panel_says_so_and_keeps_saying_it_as_it_polls(client, make_runbook):
+    runbook = make_runbook(GATED.replace("REQUIRED", "2").replace("SELF", "false"))
+    run, approval = waiting_run(runbook, person("olivia", "operator"))
+    client.force_login(person("dave", "sre-leads", "viewer"))
+    client.post(f"/approvals/{approval.pk}/decide", {"verdict": "approve"})
+    url = f"/approvals/{approval.pk}/"
+    answers = {
+        "page": client.get(url),
+        "run page's panel": client.get(f"{url}?next=/runs/{run.number}/", HTTP_HX_REQUEST="true"),
+        "poll": client.get(f"{url}?part=state", HTTP_HX_REQUEST="true"),
+    }
+    for where, answer in answers.items():
+        assert "You have decided: <strong>approved</strong>" in answer.text, where
+        assert "It waits for 1 more approval." in answer.text, where
+        assert 'value="approve"' not in answer.text, where
+
+
 def test_a_loaded_panel_swaps_nothing_out_of_band(client, gate):
     # Loaded into a run's page, the panel is not on the page yet: an out-of-band swap of its
     # #decision-forms finds no target (htmx:oobErrorNoTarget). Only its polls remove them.

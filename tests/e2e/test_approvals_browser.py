@@ -121,7 +121,9 @@ def htmx_errors(page) -> list[str]:
     return errors
 
 
-def test_deciding_on_the_run_page_raises_no_htmx_error(page_for, server, make_runbook, approver):
+def test_deciding_on_the_run_page_says_so_after_polls_without_htmx_errors(
+    page_for, server, make_runbook, approver
+):
     run = drain_until_waiting(
         services.run_create(runbook=make_runbook(TWO_APPROVALS), params={}, user=None, origin="ui")
     )
@@ -132,4 +134,5 @@ def test_deciding_on_the_run_page_raises_no_htmx_error(page_for, server, make_ru
     expect(page.locator("#decision-state")).to_contain_text("dave approved")
     with page.expect_response(lambda response: "part=state" in response.url):
         pass  # a poll of the state, whose answer swaps the forms away, has been answered too
+    expect(page.locator("#decision-panel")).to_contain_text("You have decided: approved")
     assert [line for line in console if "htmx:" in line] == []
