@@ -138,12 +138,25 @@ def approval_decision(request: HttpRequest, pk: int) -> HttpResponse:
             origin="ui",
         )
     except ValidationFailed as error:
+        # The message goes beside the box it is about: the reason, the comment, or (above
+        # the form) the values, each of which gets its own messages beside it.
+        field = next((name for name in ("reason", "comment") if name in error.details), "values")
         form.add_service_errors(
-            {key.replace("values.", "params."): messages for key, messages in error.details.items()}
+            {
+                key.replace("values.", "params."): messages
+                for key, messages in error.details.items()
+                if key.startswith("values.")
+            }
         )
         context = _detail_context(request, approval, form)
-        context["decision_error"] = error.message
-        context["next"] = _safe_next(request, request.POST.get("next", ""))
+        context.update(
+            {
+                "error": {"field": field, "message": error.message},
+                "comment": request.POST.get("comment", ""),
+                "reason": request.POST.get("reason", ""),
+                "next": _safe_next(request, request.POST.get("next", "")),
+            }
+        )
         return render(request, "approvals/approval_detail.html", context, status=400)
     except PermissionDenied as error:
         return forbidden(request, error.message)

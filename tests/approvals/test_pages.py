@@ -154,6 +154,41 @@ def test_deny_without_a_reason_shows_the_message_and_changes_nothing(client, gat
     assert Approval.objects.get(pk=approval.pk).status == "pending"
 
 
+def test_deny_without_a_reason_says_so_by_the_reason_and_keeps_what_was_typed(client, gate):
+    _, approval, _, alice = gate
+    client.force_login(alice)
+    response = client.post(
+        f"/approvals/{approval.pk}/decide",
+        {
+            "verdict": "deny",
+            "reason": " ",
+            "comment": "half-written",
+            "values-window": "tonight",
+            "values-replicas": "3",
+        },
+    )
+    assert response.status_code == 400
+    reason_box = response.text.split('<div class="deny-part')[1].split("</form>")[0]
+    assert '<p class="error" id="deny-reason-error" role="alert">A deny needs a reason.</p>' in (
+        reason_box
+    )
+    assert "A deny needs a reason." not in response.text.split('<div class="deny-part')[0]
+    assert '<option value="tonight" selected>' in response.text
+    assert 'name="values-replicas" value="3"' in response.text
+    assert ">half-written</textarea>" in response.text
+
+
+def test_an_invalid_approval_keeps_the_typed_deny_reason(client, gate):
+    _, approval, _, alice = gate
+    client.force_login(alice)
+    response = client.post(
+        f"/approvals/{approval.pk}/decide",
+        {"verdict": "approve", "values-replicas": "99", "reason": "maybe later"},
+    )
+    assert response.status_code == 400 and "must be at most 5" in response.text
+    assert ">maybe later</textarea>" in response.text
+
+
 def test_a_deny_reason_from_the_browser_is_bounded_as_over_the_api(client, gate):
     # No role is needed to approve, and the reason becomes the run's error, shown with it
     # in every list and answer: a page must not take megabytes where the API takes 4,000.
