@@ -122,12 +122,17 @@ def _safe_next(request: HttpRequest, target: str) -> str:
 @login_required
 @require_POST
 def approval_decision(request: HttpRequest, pk: int) -> HttpResponse:
+    """Records a decision. From htmx (the panel on the approval's page or in a run's page)
+    it answers the panel, decided or saying why not, so the person stays where they are;
+    without JavaScript it redirects back, or answers the page with the form and why."""
     approval = _get(request, pk)
     approve = request.POST.get("verdict") == "approve"
     form = _form(approval, request.POST)
     form.is_valid()  # field-level parsing only; the service validates the values
     values = {name: value for name, value in form.params().items() if value not in (None, "")}
     comment = request.POST.get("comment" if approve else "reason", "")
+    target = _safe_next(request, request.POST.get("next", ""))
+    page = "approvals/approval_detail.html" + ("#decision-panel" if request.htmx else "")
     try:
         approval_decide(
             approval=approval,
@@ -154,15 +159,22 @@ def approval_decision(request: HttpRequest, pk: int) -> HttpResponse:
                 "error": {"field": field, "message": error.message},
                 "comment": request.POST.get("comment", ""),
                 "reason": request.POST.get("reason", ""),
-                "next": _safe_next(request, request.POST.get("next", "")),
+                "next": target,
             }
         )
-        return render(request, "approvals/approval_detail.html", context, status=400)
-    except PermissionDenied as error:
-        return forbidden(request, error.message)
+        return render(request, page, context, status=400)
     except DomainError as error:
+        if request.htmx:  # someone decided first, the run ended ...: the panel as it is now
+            context = _detail_context(request, _get(request, pk))
+            context.update({"refused": error.message, "next": target})
+            return render(request, page, context, status=error.status)
+        if isinstance(error, PermissionDenied):
+            return forbidden(request, error.message)
         return domain_error_response(request, error)
-    target = _safe_next(request, request.POST.get("next", ""))
+    if request.htmx:
+        context = _detail_context(request, _get(request, pk))
+        context["next"] = target
+        return render(request, page, context)
     if target:
         return redirect(target)
     return redirect("approvals:approval_detail", pk=approval.pk)

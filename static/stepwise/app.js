@@ -82,6 +82,16 @@
     if (message && !window.confirm(message)) event.preventDefault();
   });
 
+  // A refused post (a form's invalid values, a decision someone made first) answers with
+  // the form and why, as the page does without JavaScript: show it where the form was.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var status = event.detail.xhr.status;
+    if (event.detail.requestConfig.verb === "post" && status >= 400 && status < 500) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
+
   document.addEventListener("htmx:afterSwap", function (event) {
     var id = event.detail.target && event.detail.target.id;
     if (id === "run-steps") {

@@ -253,6 +253,24 @@ def test_a_loaded_panel_swaps_nothing_out_of_band(client, gate):
     assert '<div id="decision-forms" hx-swap-oob="true"></div>' in state
 
 
+def test_deciding_with_htmx_answers_the_panel_in_place(client, gate):
+    _, approval, _, alice = gate
+    client.force_login(alice)
+    url = f"/approvals/{approval.pk}/decide"
+    refused = client.post(url, {"verdict": "deny", "reason": ""}, HTTP_HX_REQUEST="true")
+    assert refused.status_code == 400
+    assert refused.text.lstrip().startswith('<section id="decision-panel"')
+    assert "A deny needs a reason." in refused.text
+    decided = client.post(url, {"verdict": "approve"}, HTTP_HX_REQUEST="true")
+    assert decided.status_code == 200
+    assert decided.text.lstrip().startswith('<section id="decision-panel"')
+    assert "You have decided: <strong>approved</strong>" in decided.text
+    again = client.post(url, {"verdict": "approve"}, HTTP_HX_REQUEST="true")
+    assert again.status_code == 409
+    assert again.text.lstrip().startswith('<section id="decision-panel"')
+    assert "This approval is already approved." in again.text
+
+
 def test_someone_not_named_cannot_see_the_approval(client, gate):
     _, approval, *_ = gate
     client.force_login(person("stranger"))

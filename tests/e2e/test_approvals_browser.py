@@ -136,3 +136,28 @@ def test_deciding_on_the_run_page_says_so_after_polls_without_htmx_errors(
         pass  # a poll of the state, whose answer swaps the forms away, has been answered too
     expect(page.locator("#decision-panel")).to_contain_text("You have decided: approved")
     assert [line for line in console if "htmx:" in line] == []
+
+
+def test_a_refused_decision_on_the_run_page_stays_there_with_the_reason(
+    page_for, server, make_runbook, approver
+):
+    run = drain_until_waiting(
+        services.run_create(runbook=make_runbook(TWO_APPROVALS), params={}, user=None, origin="ui")
+    )
+    page = page_for(approver)
+    run_page = f"{server.url}/runs/{run.number}/"
+    page.goto(run_page)
+    page.evaluate("window.__notReloaded = true")
+    panel = page.locator("#decision-panel")
+    page.fill("#id_values-replicas", "99")
+    panel.locator("button:has-text('Approve')").click()
+    expect(panel.locator("#id_values-replicas-error")).to_have_text("must be at most 5")
+    expect(page).to_have_url(run_page)  # not /approvals/N/decide
+    panel.locator("button:has-text('Deny')").click()
+    expect(panel.locator("#deny-reason-error")).to_have_text("A deny needs a reason.")
+    expect(page.locator("#id_values-replicas")).to_have_value("99")  # what was typed stays
+    page.fill("#id_values-replicas", "3")
+    panel.locator("button:has-text('Approve')").click()
+    expect(panel).to_contain_text("You have decided: approved")
+    assert page.url == run_page and page.evaluate("window.__notReloaded") is True
+    assert Approval.objects.get(run=run).decisions.get().values == {"replicas": 3}
