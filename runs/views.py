@@ -143,11 +143,19 @@ def _log_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     }
 
 
-def _header_context(run: Run) -> dict[str, Any]:
+def _header_context(run: Run, shown_approval: str = "") -> dict[str, Any]:
+    """The header, and whether an approval opened that the page has no panel for yet.
+
+    The page's decision panel lives outside the header (its poll would wipe what an approver
+    types), so the header's poll carries which approval the page shows; when another one
+    opens, the poll's answer brings its panel out of band."""
     run = selectors.run_summaries([run])[0]
+    opened = run.open_approval is not None and str(run.open_approval.pk) != shown_approval
     return {
         "run": run,
         "retries": list(run.retries.order_by("number").values_list("number", flat=True)),
+        "approval_opened": opened,
+        "shown_approval": run.open_approval.pk if opened else shown_approval,
     }
 
 
@@ -159,7 +167,7 @@ def run_detail(request: HttpRequest, number: int) -> HttpResponse:
     if target in FRAGMENTS:
         context: dict[str, Any] = {"run": run, "selected_key": request.GET.get("step", "")}
         if target == "run-header":
-            context.update(_header_context(run))
+            context.update(_header_context(run, request.GET.get("approval", "")))
         elif target == "run-steps":
             context["tree"] = step_tree(run)
         else:

@@ -295,6 +295,22 @@ def test_run_page_loads_the_decision_panel_inline_and_decisions_return_there(cli
     assert Approval.objects.get(pk=approval.pk).status == "approved"
 
 
+def test_the_run_header_poll_brings_the_panel_of_an_approval_that_opened(client, gate):
+    run, approval, *_ = gate
+    client.force_login(person("dave", "sre-leads", "viewer"))
+    url = f"/runs/{run.number}/"
+    loader = f'hx-get="/approvals/{approval.pk}/?next=/runs/{run.number}/" hx-trigger="load"'
+    before = client.get(f"{url}?approval=", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="run-header")
+    assert before.text.lstrip().startswith('<section id="run-header"')
+    assert '<div id="inline-approval" hx-swap-oob="true">' in before.text and loader in before.text
+    assert f'hx-get="{url}?approval={approval.pk}"' in before.text  # the next poll says so
+    shown = client.get(
+        f"{url}?approval={approval.pk}", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="run-header"
+    )
+    assert "inline-approval" not in shown.text  # the panel, and what is typed in it, stays
+    assert f'hx-get="{url}?approval={approval.pk}"' in shown.text
+
+
 def test_decision_state_polls_alone_and_removes_the_forms_once_closed(client, gate):
     _, approval, _, alice = gate
     client.force_login(alice)

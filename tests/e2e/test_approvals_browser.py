@@ -161,3 +161,23 @@ def test_a_refused_decision_on_the_run_page_stays_there_with_the_reason(
     expect(panel).to_contain_text("You have decided: approved")
     assert page.url == run_page and page.evaluate("window.__notReloaded") is True
     assert Approval.objects.get(run=run).decisions.get().values == {"replicas": 3}
+
+
+def test_an_approval_that_opens_while_the_run_page_is_open_shows_its_panel(
+    page_for, server, make_runbook, approver
+):
+    run = services.run_create(
+        runbook=make_runbook(TWO_APPROVALS), params={}, user=None, origin="ui"
+    )
+    page = page_for(approver)
+    page.goto(f"{server.url}/runs/{run.number}/")
+    page.evaluate("window.__notReloaded = true")
+    expect(page.locator("#run-status")).to_have_text("queued")
+    drain_until_waiting(run)
+    expect(page.locator("#decision-panel")).to_contain_text("0 of 2 approvals")
+    page.fill("#approve-comment", "typed while the header polls")
+    for _ in range(2):
+        with page.expect_response(lambda response: "approval=" in response.url):
+            pass
+    expect(page.locator("#approve-comment")).to_have_value("typed while the header polls")
+    assert page.evaluate("window.__notReloaded") is True
