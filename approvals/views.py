@@ -173,7 +173,7 @@ def approval_decision(request: HttpRequest, pk: int) -> HttpResponse:
         return domain_error_response(request, error)
     if request.htmx:
         context = _detail_context(request, _get(request, pk))
-        context["next"] = target
+        context.update({"next": target, "decided": True})  # "decided" updates the nav's badge
         return render(request, page, context)
     if target:
         return redirect(target)

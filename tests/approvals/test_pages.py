@@ -265,6 +265,7 @@ def test_deciding_with_htmx_answers_the_panel_in_place(client, gate):
     assert decided.status_code == 200
     assert decided.text.lstrip().startswith('<section id="decision-panel"')
     assert "You have decided: <strong>approved</strong>" in decided.text
+    assert '<span id="approvals-badge" hx-swap-oob="true"></span>' in decided.text  # 0 left
     again = client.post(url, {"verdict": "approve"}, HTTP_HX_REQUEST="true")
     assert again.status_code == 409
     assert again.text.lstrip().startswith('<section id="decision-panel"')

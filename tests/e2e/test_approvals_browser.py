@@ -63,6 +63,7 @@ def test_approver_approves_and_the_operator_sees_the_run_continue(
     approver_page.click("button:has-text('Approve')")
     expect(approver_page.locator("#decision-panel")).to_contain_text("approved")
     expect(approver_page.locator("#decision-panel")).to_contain_text("looks good")
+    expect(approver_page.locator(".nav-badge")).to_have_count(0)  # nothing waits for her now
     expect(operator_page.locator("#run-status")).to_have_text("succeeded", timeout=30_000)
     expect(operator_page.locator("[data-log]")).to_contain_text(
         "applying, approved by alice", timeout=30_000
