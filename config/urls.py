@@ -30,5 +30,5 @@ urlpatterns = [
     re_path(r"^api/", not_found),
 ]
 
-# A server error under /api/ answers the API's error body; elsewhere Django's page.
+# A server error under /api/ answers the API's error body; elsewhere templates/500.html.
 handler500 = server_error

@@ -99,7 +99,7 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
-    """500: the error body under /api/, Django's page elsewhere."""
+    """500: the error body under /api/, templates/500.html elsewhere."""
     if request.path.startswith("/api/"):
         body = error_body("server-error", "Something went wrong on our side; it was logged.")
         return JsonResponse(body, status=500)
