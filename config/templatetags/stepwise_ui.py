@@ -9,6 +9,7 @@ from django import template
 from django.http import QueryDict
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.timesince import timesince
 
 from runs.loglines import entry_html
 from runs.models import LogEntry
@@ -50,6 +51,17 @@ def since(start: datetime | None) -> str:
     if start is None:
         return "—"
     return duration((timezone.now() - start).total_seconds() * 1000)
+
+
+@register.filter
+def ago(moment: datetime | None) -> str:
+    """How long ago `moment` was, in words: "just now" under a minute (where Django's
+    timesince says "0 minutes"), else "3 minutes ago", "2 days, 4 hours ago"."""
+    if moment is None:
+        return "—"
+    if (timezone.now() - moment).total_seconds() < 60:
+        return "just now"
+    return f"{timesince(moment)} ago"
 
 
 @register.filter

@@ -29,6 +29,19 @@ def test_run_list_shows_runs_newest_first(login, viewer, every_type, start_run):
     assert page.index(f"#{second.number}") < page.index(f"#{first.number}")
 
 
+def test_run_list_says_just_now_for_a_run_started_under_a_minute_ago(
+    login, viewer, every_type, start_run
+):
+    fresh = start_run(every_type)
+    older = start_run(every_type)
+    Run.objects.filter(pk=older.pk).update(created_at=timezone.now() - timedelta(hours=3))
+    page = login(viewer).get("/runs/").content.decode()
+    assert "just now" in page
+    assert "3\xa0hours ago" in page
+    assert "0\xa0minutes" not in page
+    assert f"#{fresh.number}" in page
+
+
 def test_run_list_filters_by_status_and_runbook(login, viewer, every_type, flaky, start_run):
     active = start_run(every_type)
     failed = drain(start_run(flaky))
