@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince
 
+from runbooks.durations import format_duration
 from runs.loglines import entry_html
 from runs.models import LogEntry
 
@@ -41,8 +42,9 @@ def duration(ms: int | float | None) -> str:
 
 @register.filter
 def seconds(value: float | None) -> str:
-    """A duration given in seconds, shown as `duration` shows milliseconds: 90 → "1m 30s"."""
-    return duration(None if value is None else value * 1000)
+    """A limit a runbook sets, in seconds, as its author would write it: 900 → "15m",
+    90 → "1m 30s" (where `duration`, for measured times, keeps the seconds: "15m 00s")."""
+    return "—" if value is None else format_duration(value)
 
 
 @register.filter

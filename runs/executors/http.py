@@ -60,7 +60,7 @@ def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) 
     while thread.is_alive():
         thread.join(0.1)
         if supervisor.should_stop():
-            return StepResult(status=StepStatus.CANCELLED, error="cancelled")
+            return StepResult.stopped()
         if supervisor.deadline is not None and time.monotonic() >= supervisor.deadline:
             return StepResult(status=StepStatus.TIMED_OUT, error=supervisor.deadline_reason)
     elapsed = int((time.monotonic() - started) * 1000)

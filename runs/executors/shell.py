@@ -103,7 +103,7 @@ def conclude(
     if result.outcome == "timed_out":
         return StepResult(status=StepStatus.TIMED_OUT, error=deadline_reason)
     if result.outcome == "stopped":
-        return StepResult(status=StepStatus.CANCELLED, error="cancelled")
+        return StepResult.stopped()
     if result.exit_code != 0:
         return StepResult(
             status=StepStatus.FAILED,

@@ -12,7 +12,7 @@ def execute(*, step: Step, spec: Any, context: dict[str, Any], supervisor: Any) 
     until = time.monotonic() + spec.sleep
     while (left := until - time.monotonic()) > 0:
         if supervisor.should_stop():
-            return StepResult(status=StepStatus.CANCELLED, error="cancelled")
+            return StepResult.stopped()
         if supervisor.deadline is not None and time.monotonic() >= supervisor.deadline:
             return StepResult(status=StepStatus.TIMED_OUT, error=supervisor.deadline_reason)
         time.sleep(min(left, 0.2))

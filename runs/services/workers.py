@@ -240,6 +240,9 @@ def step_should_stop(*, step: Step) -> str | None:
     return "cancelled" if status == RunStatus.CANCELLING else None
 
 
+STOPPED_BY_CANCEL = "stopped: the run was cancelled"
+
+
 @dataclass(frozen=True)
 class StepResult:
     status: str  # succeeded | failed | timed_out | cancelled
@@ -247,6 +250,12 @@ class StepResult:
     outputs: Mapping[str, Any] | None = None
     error: str = ""
     retryable: bool = True  # False when another attempt would fail the same way
+
+    @classmethod
+    def stopped(cls) -> "StepResult":
+        """The step was stopped because its run is being cancelled. The error says so, where
+        repeating the status made the log read "cancelled: cancelled"."""
+        return cls(status=StepStatus.CANCELLED, error=STOPPED_BY_CANCEL)
 
 
 @dataclass(frozen=True)

@@ -390,6 +390,8 @@ def test_cancel_mid_step_kills_the_process_and_cancels_the_rest(make_runbook, us
     tree = steps(run)
     assert run.status == "cancelled" and run.cancel_reason == "wrong service"
     assert (tree["long"].status, tree["after"].status) == ("cancelled", "cancelled")
+    assert tree["long"].error == "stopped: the run was cancelled"
+    assert "step 1 long cancelled: stopped: the run was cancelled" in logs(run)
     assert not pid_alive(pid)
     event = RunEvent.objects.get(run=run, to_status="cancelling")
     assert (event.actor, event.message) == (user, "wrong service")

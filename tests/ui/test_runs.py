@@ -11,7 +11,7 @@ from django.utils import timezone
 from runbooks.services import runbook_archive
 from runs.models import LogEntry, LogLevel, Run
 from runs.secrets import unseal
-from runs.services import logs_append
+from runs.services import logs_append, run_cancel
 from tests.conftest import drain, make_user
 
 
@@ -363,6 +363,25 @@ def test_retry_with_changes_is_refused_for_an_active_run(login, operator, every_
     response = login(operator).get(f"/runs/{run.number}/retry/edit", follow=True)
     assert f"Run #{run.number} cannot be retried: it is still queued." in response.content.decode()
     assert login(operator).get(f"/runs/{run.number}/").status_code == 200
+
+
+def test_a_failed_run_offers_a_retry_from_the_failed_step(login, operator, flaky, start_run):
+    run = drain(start_run(flaky))
+    page = login(operator).get(f"/runs/{run.number}/").content.decode()
+    assert "Retry from start" in page
+    assert "Retry from failed step" in page
+
+
+def test_a_cancelled_run_where_no_step_failed_offers_only_a_full_retry(
+    login, operator, flaky, start_run
+):
+    run = start_run(flaky, user=operator)
+    run_cancel(run=run, user=operator, reason="wrong window")
+    run = drain(run)
+    assert run.status == "cancelled"
+    page = login(operator).get(f"/runs/{run.number}/").content.decode()
+    assert "Retry from start" in page
+    assert "Retry from failed step" not in page
 
 
 def test_a_run_of_an_archived_runbook_offers_no_retry(login, operator, flaky, start_run):
