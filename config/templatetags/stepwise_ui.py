@@ -67,6 +67,20 @@ def ago(moment: datetime | None) -> str:
 
 
 @register.filter
+def steps_summary(counts: dict[str, int]) -> str:
+    """Leaf step counts in words: "1/3 succeeded, 1 failed, 1 skipped" (timed out counts as
+    failed; what is still to come is the rest of the total)."""
+    others = {
+        "failed": counts.get("failed", 0) + counts.get("timed_out", 0),
+        "skipped": counts.get("skipped", 0),
+        "cancelled": counts.get("cancelled", 0),
+    }
+    parts = [f"{counts.get('succeeded', 0)}/{counts.get('total', 0)} succeeded"]
+    parts += [f"{n} {word}" for word, n in others.items() if n]
+    return ", ".join(parts)
+
+
+@register.filter
 def show_value(value: object) -> str:
     """A param or output value as a person reads it."""
     if value is None:

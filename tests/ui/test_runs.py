@@ -42,6 +42,22 @@ def test_run_list_says_just_now_for_a_run_started_under_a_minute_ago(
     assert f"#{fresh.number}" in page
 
 
+def test_run_list_says_how_the_steps_ended(login, viewer, make_runbook, start_run):
+    runbook = make_runbook(
+        """
+        slug: mixed
+        name: Mixed
+        steps:
+          - {id: one, shell: echo one}
+          - {id: two, shell: exit 3}
+          - {id: three, shell: echo never}
+        """
+    )
+    drain(start_run(runbook))
+    page = login(viewer).get("/runs/").content.decode()
+    assert "1/3 succeeded, 1 failed, 1 skipped" in page
+
+
 def test_run_list_filters_by_status_and_runbook(login, viewer, every_type, flaky, start_run):
     active = start_run(every_type)
     failed = drain(start_run(flaky))
