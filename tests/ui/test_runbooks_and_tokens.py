@@ -28,6 +28,15 @@ def test_runbook_list_searches_and_filters_by_label(login, viewer, every_type, m
     assert "Simple 1" in page and "Every param type" not in page
 
 
+def test_runbook_cards_render_the_description_as_safe_markdown(login, viewer, every_type):
+    page = login(viewer).get("/runbooks/").content.decode()
+    card = page[page.index('class="rb-desc"') :]
+    card = card[: card.index("</div>")]
+    assert "Shows <strong>every</strong> kind of param." in card
+    assert "**" not in card
+    assert "<script>" not in page and "&lt;script&gt;" not in card
+
+
 def test_runbook_list_htmx_gets_the_grid_only(login, viewer, every_type):
     body = login(viewer).get("/runbooks/", {"q": "x"}, HTTP_HX_REQUEST="true").content.decode()
     assert body.strip().startswith('<div id="runbook-grid"')
