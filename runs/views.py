@@ -35,6 +35,15 @@ from runs.models import Artifact, LogEntry, LogLevel, Run, RunEvent, Step
 from runs.state import RunStatus
 
 PAGE_SIZE = 50
+# The runs list's filter fields as its form labels them, for its error messages.
+FILTER_LABELS = {
+    "runbook": "Runbook",
+    "status": "Status",
+    "created_by": "Started by",
+    "label": "Label",
+    "since": "From",
+    "until": "Until",
+}
 LOG_TAIL = 1000  # lines shown at first, and loaded per "earlier lines" click or poll
 PAGE = "runs/run_detail.html"
 FRAGMENTS = {"run-header", "run-steps", "run-log"}
@@ -62,7 +71,16 @@ def run_list(request: HttpRequest) -> HttpResponse:
     older = page[PAGE_SIZE - 1].number if len(page) > PAGE_SIZE else None
     context = {
         "runs": selectors.run_summaries(page[:PAGE_SIZE]),
-        "filterset": filterset,
+        # A filter that cannot be used is left out of the query (django-filter drops it):
+        # the page says so above the table rather than list runs as if it were applied.
+        "filter_problems": [
+            {
+                "label": FILTER_LABELS.get(name, name),
+                "value": request.GET.get(name, ""),
+                "messages": errors,
+            }
+            for name, errors in filterset.errors.items()
+        ],
         "values": request.GET,
         "older": older,
         "paged": before is not None,

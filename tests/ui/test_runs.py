@@ -86,7 +86,23 @@ def test_run_list_filters_by_label_and_who_and_date(login, viewer, operator, eve
 def test_run_list_says_which_filter_it_cannot_use(login, viewer, every_type, start_run):
     start_run(every_type)
     page = login(viewer).get("/runs/", {"status": "bogus"}).content.decode()
-    assert "status: unknown value &#x27;bogus&#x27;; one of queued," in page
+    assert 'Status “<span class="mono">bogus</span>”: unknown value &#x27;bogus&#x27;;' in page
+
+
+def test_run_list_shows_a_bad_date_above_the_table_also_when_htmx_asks(
+    login, viewer, every_type, start_run
+):
+    run = start_run(every_type)
+    client = login(viewer)
+    for headers in ({}, {"HTTP_HX_REQUEST": "true"}):
+        response = client.get("/runs/", {"since": "2026-13-45"}, **headers)
+        assert response.status_code == 200
+        body = response.content.decode()
+        table = body[body.index('<section id="run-table"') :]
+        assert table.index('role="alert"') < table.index("<table")
+        assert "could not be used, so the runs below ignore it" in table
+        assert 'From “<span class="mono">2026-13-45</span>”: Enter a valid date/time.' in table
+        assert f"/runs/{run.number}/" in table
 
 
 def test_run_list_pages_with_before(login, viewer, every_type, start_run):
