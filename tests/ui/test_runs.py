@@ -397,6 +397,22 @@ def test_retry_with_changes_is_refused_for_an_active_run(login, operator, every_
     assert login(operator).get(f"/runs/{run.number}/").status_code == 200
 
 
+def test_run_page_masks_a_secret_typed_into_another_param(
+    login, viewer, operator, every_type, start_run
+):
+    run = start_run(
+        every_type, user=operator, params={"password": "hunter22", "notes": "pw is hunter22"}
+    )
+    client = login(viewer)
+    for response in (
+        client.get(f"/runs/{run.number}/"),
+        _fragment(client, f"/runs/{run.number}/", "run-header"),
+    ):
+        page = response.content.decode()
+        assert "hunter22" not in page
+        assert "pw is ***" in page
+
+
 def test_a_failed_run_offers_a_retry_from_the_failed_step(login, operator, flaky, start_run):
     run = drain(start_run(flaky))
     page = login(operator).get(f"/runs/{run.number}/").content.decode()
