@@ -2,7 +2,8 @@
 
 The form only parses what the browser sent: every rule (required, ranges, patterns, choices)
 is checked by `runs.services.run_create`, the one path the API and CLI use too, and its
-messages are put beside the fields they name.
+messages are put beside the fields they name. What only a form has is checked here: a secret
+param is typed twice, since a person cannot see what they typed.
 """
 
 import json
@@ -62,16 +63,20 @@ def _field(spec: ParamSpec) -> forms.Field:
     elif spec.type == "secret":
         widget = forms.PasswordInput(attrs={"autocomplete": "off"})
     else:
-        if spec.pattern:
-            attrs["placeholder"] = spec.pattern.strip("^$")
         widget = forms.TextInput(attrs=attrs)
     return forms.Field(
         required=False, label=spec.display_label, help_text=spec.description or "", widget=widget
     )
 
 
+def again(name: str) -> str:
+    """The confirmation field of secret param `name` ("-" is in no param name)."""
+    return f"{name}-again"
+
+
 class RunForm(forms.Form):
-    """One field per param, named after it; `params()` gives what run_create expects.
+    """One field per param, named after it, and after each secret its confirmation;
+    `params()` gives what run_create expects.
 
     `values` fills the fields with a run's params instead of the defaults (a retry with
     changes); `edited()` then gives the params the user changed."""
@@ -92,7 +97,26 @@ class RunForm(forms.Form):
             )
             field.param_type = spec.type
             field.param_required = spec.required and spec.default is None
+            field.param_pattern = spec.pattern
             self.fields[spec.name] = field
+            if spec.type == "secret":
+                confirm = forms.Field(
+                    required=False,
+                    label="Type it again",
+                    widget=forms.PasswordInput(attrs={"autocomplete": "off"}),
+                )
+                confirm.param_type = spec.type
+                confirm.param_required = field.param_required
+                self.fields[again(spec.name)] = confirm
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for spec in self.specs:
+            if spec.type == "secret" and (cleaned.get(spec.name) or "") != (
+                cleaned.get(again(spec.name)) or ""
+            ):
+                self.add_error(again(spec.name), "does not match the value above; type both again")
+        return cleaned
 
     def params(self) -> dict[str, Any]:
         values = {spec.name: self.cleaned_data.get(spec.name) for spec in self.specs}

@@ -82,8 +82,8 @@ def steps_summary(counts: dict[str, int]) -> str:
 
 @register.filter
 def show_value(value: object) -> str:
-    """A param or output value as a person reads it."""
-    if value is None:
+    """A param or output value as a person reads it ("—" for none, or an empty text)."""
+    if value is None or value == "":
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"

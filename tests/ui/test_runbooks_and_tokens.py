@@ -130,6 +130,8 @@ def test_valid_run_form_starts_a_run_from_the_ui(login, operator, every_type):
             "zones": ["a", "c"],
             "extra": '{"k": 1}',
             "password": "s3cret",
+            "password-again": "s3cret",
+            "notes": "",  # as a browser sends an empty textarea
         },
     )
     run = Run.objects.get()
@@ -140,6 +142,32 @@ def test_valid_run_form_starts_a_run_from_the_ui(login, operator, every_type):
     assert run.params["zones"] == ["a", "c"]
     assert run.params["extra"] == {"k": 1}
     assert run.params["password"] == "***"
+    # Optional params left empty read as "—" on the run page, not as nothing.
+    assert run.params["notes"] == ""
+    page = login(operator).get(f"/runs/{run.number}/").content.decode()
+    assert '<dt>notes</dt><dd class="mono">—</dd>' in page
+
+
+def test_run_form_shows_a_params_pattern_as_help(login, operator, every_type):
+    page = login(operator).get("/runbooks/every-type/").content.decode()
+    assert "Must match the pattern <code>^[a-z]+$</code>" in page
+
+
+def test_run_form_asks_for_a_secret_twice_and_starts_nothing_when_they_differ(
+    login, operator, every_type
+):
+    client = login(operator)
+    page = client.get("/runbooks/every-type/").content.decode()
+    assert 'type="password" name="password-again"' in page
+    assert "Type it again" in page
+    form = {"service": "web", "region": "eu", "zones": ["a"], "password": "s3cret"}
+    response = client.post("/runbooks/every-type/run", {**form, "password-again": "s3cert"})
+    assert response.status_code == 400
+    assert "does not match the value above; type both again" in response.content.decode()
+    assert Run.objects.count() == 0
+    response = client.post("/runbooks/every-type/run", {**form, "password-again": "s3cret"})
+    assert response.status_code == 302
+    assert Run.objects.count() == 1
 
 
 def test_dashboard_shows_active_runs_failures_and_charts(
