@@ -2,8 +2,9 @@
 Cancel and Retry actions. Writes go through runs.services, exactly as the API's do.
 
 The run page polls while the run is active: the header, the step tree and the log tail each
-replace themselves every second and render without `hx-trigger` once the run is terminal.
-Which fragment a poll wants is the id of its target (a partial's root id is its name).
+replace themselves every second, and the outputs, artifacts and timeline every two; all
+render without `hx-trigger` once the run is terminal. Which fragment a poll wants is the id
+of its target (a partial's root id is its name).
 """
 
 from collections.abc import Iterator
@@ -46,7 +47,7 @@ FILTER_LABELS = {
 }
 LOG_TAIL = 1000  # lines shown at first, and loaded per "earlier lines" click or poll
 PAGE = "runs/run_detail.html"
-FRAGMENTS = {"run-header", "run-steps", "run-log"}
+FRAGMENTS = {"run-header", "run-steps", "run-log", "run-results"}
 
 
 def _run_or_404(number: int) -> Run:
@@ -177,6 +178,19 @@ def _header_context(run: Run, shown_approval: str = "") -> dict[str, Any]:
     }
 
 
+def _results_context(run: Run) -> dict[str, Any]:
+    """Outputs, artifacts and events. `run` was read first: once it is terminal, all of
+    them are written, so a poll that renders them final has missed nothing."""
+    steps = [step for step in run.steps.order_by("position") if step.outputs]
+    return {
+        "step_outputs": [(step, step.outputs) for step in steps],
+        "artifacts": Artifact.objects.filter(run=run).select_related("step").order_by("pk"),
+        "events": RunEvent.objects.filter(run=run)
+        .select_related("actor", "step")
+        .order_by("id")[:500],
+    }
+
+
 @role_required("viewer")
 @require_GET
 def run_detail(request: HttpRequest, number: int) -> HttpResponse:
@@ -188,25 +202,16 @@ def run_detail(request: HttpRequest, number: int) -> HttpResponse:
             context.update(_header_context(run, request.GET.get("approval", "")))
         elif target == "run-steps":
             context["tree"] = step_tree(run)
+        elif target == "run-results":
+            context.update(_results_context(run))
         else:
             context.update(_log_context(request, run))
         return render(request, f"{PAGE}#{target}", context)
 
     context = _header_context(run)
     context.update(_log_context(request, run))
-    tree = step_tree(run)
-    steps = [step for step in run.steps.order_by("position") if step.outputs]
-    context.update(
-        {
-            "selected_key": request.GET.get("step", ""),
-            "tree": tree,
-            "step_outputs": [(step, step.outputs) for step in steps],
-            "artifacts": Artifact.objects.filter(run=run).select_related("step").order_by("pk"),
-            "events": RunEvent.objects.filter(run=run)
-            .select_related("actor", "step")
-            .order_by("id")[:500],
-        }
-    )
+    context.update(_results_context(run))
+    context.update({"selected_key": request.GET.get("step", ""), "tree": step_tree(run)})
     return render(request, PAGE, context)
 
 

@@ -92,8 +92,24 @@
     }
   });
 
+  // The timeline is replaced with the rest of #run-results on every poll: it keeps where the
+  // reader scrolled to, and stays at the newest event if that is where they were.
+  var timelineScroll = null;
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var timeline = document.getElementById("run-timeline");
+    if (!timeline || !event.detail.target || event.detail.target.id !== "run-results") return;
+    var atEnd = timeline.scrollTop + timeline.clientHeight >= timeline.scrollHeight - 4;
+    timelineScroll = atEnd && timeline.scrollTop > 0 ? "end" : timeline.scrollTop;
+  });
+
   document.addEventListener("htmx:afterSwap", function (event) {
     var id = event.detail.target && event.detail.target.id;
+    if (id === "run-results" && timelineScroll !== null) {
+      var timeline = document.getElementById("run-timeline");
+      if (timeline) timeline.scrollTop = timelineScroll === "end" ? timeline.scrollHeight : timelineScroll;
+      timelineScroll = null;
+    }
     if (id === "run-steps") {
       restoreGroups(document.getElementById("run-steps"));
       markSelected();

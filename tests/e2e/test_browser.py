@@ -48,6 +48,21 @@ steps:
       sleep 120
 """
 
+PRODUCING = """
+slug: producing
+name: Producing
+steps:
+  - id: wait
+    shell: sleep 2
+  - id: make
+    name: Make
+    shell: |
+      echo "colour=teal" >> "$STEPWISE_OUTPUT"
+      echo "report" > "$STEPWISE_ARTIFACTS/report.txt"
+  - id: settle
+    shell: sleep 2
+"""
+
 FLAKY = """
 slug: flaky
 name: Flaky
@@ -102,6 +117,29 @@ def test_operator_starts_a_run_and_watches_it_live_to_success(
     expect(page.locator("[data-step-link=roll] .badge")).to_have_text("succeeded")
     assert page.evaluate("window.__notReloaded") is True
     # Once terminal, nothing polls any more.
+    expect(page.locator("[hx-trigger^=every]")).to_have_count(0, timeout=5_000)
+
+
+def test_run_page_shows_outputs_artifacts_and_events_as_they_come_then_stops_polling(
+    page_for, server, operator, make_runbook, cluster
+):
+    runbook = make_runbook(PRODUCING)
+    run = services.run_create(runbook=runbook, params={}, user=operator, origin="api")
+    page = page_for(operator)
+    page.goto(f"{server.url}/runs/{run.number}/")
+    page.evaluate("window.__notReloaded = true")
+    results = page.locator("#run-results")
+    expect(results).to_contain_text("No outputs yet")
+    expect(results).to_contain_text("No artifacts yet")
+    cluster()
+
+    expect(results).to_contain_text("colour", timeout=30_000)
+    expect(results).to_contain_text("teal")
+    expect(results.locator("a[download]")).to_have_text("report.txt", timeout=10_000)
+    expect(page.locator("#run-status")).to_have_text("succeeded", timeout=30_000)
+    timeline = page.locator("#run-timeline li")
+    expect(timeline.last).to_contain_text("run running → succeeded", timeout=10_000)
+    assert page.evaluate("window.__notReloaded") is True
     expect(page.locator("[hx-trigger^=every]")).to_have_count(0, timeout=5_000)
 
 
