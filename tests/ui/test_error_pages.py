@@ -20,6 +20,7 @@ def test_an_anonymous_visitor_gets_the_404_page_without_the_navigation(client):
     html = response.content.decode()
     assert "There is nothing here" in html
     assert 'class="topbar"' not in html
+    assert 'class="brand brand-lg"' in html  # no top bar: the card carries the brand
 
 
 def test_the_api_answers_404_with_its_error_body(login, viewer):
@@ -38,6 +39,7 @@ def test_a_server_error_is_the_products_500_page(db):
     html = response.content.decode()
     assert "stepwise/app.css" in html
     assert "Something went wrong on our side" in html
+    assert 'class="brand brand-lg"' in html
 
 
 def test_a_server_error_under_the_api_is_its_error_body(db):
