@@ -33,7 +33,7 @@ from runs import selectors, services
 from runs.api.views import step_tree
 from runs.filters import RunFilter
 from runs.models import Artifact, LogEntry, LogLevel, Run, RunEvent, Step
-from runs.state import RunStatus
+from runs.state import STEP_FAILED, RunStatus
 
 PAGE_SIZE = 50
 # The runs list's filter fields as its form labels them, for its error messages.
@@ -317,7 +317,8 @@ def run_retry_edit(request: HttpRequest, number: int) -> HttpResponse:
     for field in form.fields.values():
         if field.param_type == "secret":
             field.help_text = f"Leave it empty to keep the value run #{run.number} was given."
-    can_retry_failed = run.status != RunStatus.SUCCEEDED
+    # As the run page offers it: only where a step failed or timed out.
+    can_retry_failed = run.steps.filter(status__in=STEP_FAILED).exists()
     mode = request.POST.get("from", "failed" if can_retry_failed else "start")
     if request.method == "POST" and form.is_valid():
         try:

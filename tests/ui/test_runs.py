@@ -402,6 +402,18 @@ def test_retry_with_changes_of_someone_elses_run_asks_for_its_secrets_by_the_fie
     assert not Run.objects.filter(retried_from=run).exists()
 
 
+def test_retry_with_changes_offers_the_failed_step_only_where_one_failed(
+    login, operator, every_type, flaky, start_run
+):
+    failed = drain(start_run(flaky))
+    cancelled = run_cancel(run=start_run(every_type), user=operator, reason="wrong day")
+    client = login(operator)
+
+    assert 'value="failed"' in client.get(f"/runs/{failed.number}/retry/edit").content.decode()
+    page = client.get(f"/runs/{cancelled.number}/retry/edit").content.decode()
+    assert 'value="failed"' not in page and 'name="from" value="start"' in page
+
+
 def test_retry_with_changes_is_refused_for_an_active_run(login, operator, every_type, start_run):
     run = start_run(every_type)
     response = login(operator).get(f"/runs/{run.number}/retry/edit", follow=True)
