@@ -64,7 +64,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "csp.middleware.CSPMiddleware",
+    "config.middleware.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
     "axes.middleware.AxesMiddleware",
@@ -179,9 +179,10 @@ AXES_DISABLE_ACCESS_LOG = True  # failures are kept; a row per successful sign-i
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_CLIENT_IP_CALLABLE = "config.api.auth.client_address"
 X_FRAME_OPTIONS = "DENY"
-# Content-Security-Policy (django-csp): scripts only from our own static files, so text that
-# slips into a page (a runbook description, a log line) can never run as script. Styles
-# allow inline `style=` attributes (the progress bars' widths); nothing else is loosened.
+# Content-Security-Policy (django-csp; on pages, not the API: config.middleware): scripts
+# only from our own static files, so text that slips into a page (a runbook description, a
+# log line) can never run as script. Styles allow inline `style=` attributes (the progress
+# bars' widths); nothing else is loosened.
 # tests/ui/test_security_headers.py checks no page carries an inline script.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
