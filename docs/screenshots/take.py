@@ -174,7 +174,32 @@ def seed() -> dict[str, int]:
                 created_at=created, title=f"{source.runbook.name} #{run.number}"
             )
     failed = next(r for r in finished if r.status == "failed")
-    return {"failed": failed.number, "succeeded": finished[1].number}
+    return {"failed": failed.number, "succeeded": finished[1].number, **gates(books, ops, admin)}
+
+
+def gates(books: dict[str, Runbook], ops, admin) -> dict[str, int]:
+    """Approvals for the inbox and its history: two decided, one left waiting for maria."""
+    from approvals.models import Approval
+    from approvals.services import approval_decide
+
+    approver = user("amir", "approvers")
+    admin.groups.add(Group.objects.get(name="approvers"))
+    decisions = [(approver, True, "Quiet hour, go."), (approver, False, "Not during the sale.")]
+    waiting = None
+    for service, decision in [("web", decisions[0]), ("worker", decisions[1]), ("api", None)]:
+        run = services.run_create(
+            runbook=books["approved-restart"],
+            params={"service": service, "replicas": 3},
+            user=ops,
+            origin="ui",
+        )
+        runner.work(run.pk)  # runs the check, then the gate opens and the run waits
+        waiting = Approval.objects.get(run=run)
+        if decision:
+            who, approve, comment = decision
+            approval_decide(approval=waiting, user=who, approve=approve, comment=comment)
+            drain(run)
+    return {"approval": waiting.pk}
 
 
 def main() -> None:
@@ -259,6 +284,11 @@ def shoot(numbers: dict[str, int]) -> None:
         page.screenshot(path=OUT / "run-live.png", full_page=True)
         page.goto(f"{BASE}/runs/{numbers['failed']}/")
         page.screenshot(path=OUT / "run-failed.png", full_page=True)
+        page.goto(f"{BASE}/approvals/")
+        page.screenshot(path=OUT / "approvals.png")
+        page.goto(f"{BASE}/approvals/{numbers['approval']}/")
+        page.fill("textarea[name=values-note]", "Rolling, one replica at a time.")
+        page.screenshot(path=OUT / "approval.png")
         page.goto(f"{BASE}/settings/tokens/")
         page.fill("#id_name", "CI deploy")
         page.fill("#id_expires_in_days", "90")

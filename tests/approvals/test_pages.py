@@ -25,6 +25,7 @@ def test_inbox_lists_what_waits_for_me(client, gate):
     page = client.get("/approvals/")
     assert page.status_code == 200
     assert "Waiting for me" in page.text and "Restart api?" in page.text
+    assert "asked by olivia just now" in page.text  # not "0 minutes ago"
     assert f"/approvals/{approval.pk}/" in page.text
 
 
