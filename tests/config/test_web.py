@@ -139,3 +139,15 @@ def test_processes_that_cannot_start_stop_the_server(tmp_path):
     with web(tmp_path, port, DJANGO_SETTINGS_MODULE="no.such.settings") as process:
         assert process.wait(timeout=60) == 1
     assert "a web process could not start" in (tmp_path / "web.log").read_text()
+
+
+def test_serve_points_links_at_the_address_it_serves_unless_told_otherwise(monkeypatch):
+    from runs.management.commands.serve import child_environment
+
+    monkeypatch.delenv("STEPWISE_BASE_URL", raising=False)
+    served = child_environment("http://127.0.0.1:9000")
+    assert served["STEPWISE_BASE_URL"] == "http://127.0.0.1:9000"
+    assert served["PATH"] == os.environ["PATH"]  # the rest of the environment goes along
+    monkeypatch.setenv("STEPWISE_BASE_URL", "https://stepwise.example.com")
+    told = child_environment("http://127.0.0.1:9000")
+    assert told["STEPWISE_BASE_URL"] == "https://stepwise.example.com"

@@ -34,8 +34,9 @@ class Command(BaseCommand):
         url = f"http://{options['host']}:{options['port']}"
         self.stdout.write(self.style.SUCCESS(f"Stepwise on {url}  (Ctrl-C stops web and workers)"))
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        env = child_environment(url)
         children = [
-            subprocess.Popen([*manage, "qcluster"]),
+            subprocess.Popen([*manage, "qcluster"], env=env),
             subprocess.Popen(
                 [
                     sys.executable,
@@ -49,6 +50,7 @@ class Command(BaseCommand):
                     os.environ.get("STEPWISE_WEB_WORKERS", str(web_workers())),
                 ],
                 cwd=settings.BASE_DIR,
+                env=env,
             ),
         ]
         sys.exit(supervise(children))
@@ -62,6 +64,13 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.WARNING(f"created the first admin user: admin / {password}  (change it)")
         )
+
+
+def child_environment(url: str) -> dict[str, str]:
+    """The web's and the workers' environment: links in approval emails and webhooks point
+    at the address served here (another `STEPWISE_PORT`, say), unless STEPWISE_BASE_URL
+    names one."""
+    return {"STEPWISE_BASE_URL": url, **os.environ}
 
 
 def web_workers() -> int:
