@@ -57,11 +57,22 @@ def approval_list(request: HttpRequest) -> HttpResponse:
         .prefetch_related(Prefetch("decisions", Decision.objects.select_related("user")))
         .order_by("-closed_at")[:50]
     )
-    others = _visible(request).pending().exclude(pk__in=[a.pk for a in mine]).order_by("opened_at")
+    others = list(
+        _visible(request)
+        .pending()
+        .exclude(pk__in=[a.pk for a in mine])
+        .prefetch_related("decisions")
+        .order_by("opened_at")[:50]
+    )
+    for approval in others:
+        # What the page says of each: how far it is, and whether this user has had a say.
+        votes = list(approval.decisions.all())
+        approval.approve_count = sum(d.verdict == Decision.Verdict.APPROVE for d in votes)
+        approval.my_verdict = next((d.verdict for d in votes if d.user_id == request.user.pk), "")
     return render(
         request,
         "approvals/approval_list.html",
-        {"mine": mine, "others": others[:50], "history": history},
+        {"mine": mine, "others": others, "history": history},
     )
 
 

@@ -51,6 +51,20 @@ def test_history_says_who_decided_and_when_in_a_fixed_number_of_queries(client, 
     assert f'<time datetime="{closed.closed_at.isoformat()}"' in page
 
 
+def test_an_approval_i_decided_waits_for_others_and_says_what_i_did(client, make_runbook):
+    runbook = make_runbook(GATED.replace("REQUIRED", "2").replace("SELF", "false"))
+    _, approval = waiting_run(runbook, person("olivia", "operator"))
+    alice = person("alice")
+    approval_decide(approval=approval, user=alice, approve=True)
+    client.force_login(alice)
+
+    page = client.get("/approvals/").text
+
+    assert "Nothing waits for you" in page
+    assert "Open, waiting for others" in page
+    assert "1 of 2 approvals · <strong>you approved</strong>" in page
+
+
 def test_pages_need_a_login(client, gate):
     _, approval, *_ = gate
     assert client.get("/approvals/").status_code == 302
