@@ -9,11 +9,15 @@ killed or not. Every change a reaper makes is a compare-and-swap, so reapers on 
 (or two at once, if the lock cannot be taken) are safe.
 """
 
+import contextlib
 import fcntl
 import logging
 import os
 import random
+import shutil
 import threading
+import uuid
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
@@ -24,10 +28,11 @@ from django_q.signals import post_spawn
 from approvals.services import approvals_expire_due
 from runs import services
 from runs.models import Run, Step
-from runs.state import RUN_ACTIVE, RunStatus, StepStatus
+from runs.state import RUN_ACTIVE, RUN_TERMINAL, RunStatus, StepStatus
 
 logger = logging.getLogger(__name__)
 _tick = threading.Event()  # never set: a sleep that tools and readers see as a wait
+SWEEP_AFTER = timedelta(minutes=1)  # a run's work folder outlives the run this long
 
 
 def reap(broker: Broker | None = None) -> dict[str, int]:
@@ -63,7 +68,36 @@ def reap(broker: Broker | None = None) -> dict[str, int]:
         counts["requeued"] = services.step_requeue_stalled(
             older_than=settings.STEPWISE_REQUEUE_AFTER
         )
+    counts["swept"] = sweep_work_dirs(now)
     return counts
+
+
+def sweep_work_dirs(now: datetime) -> int:
+    """Removes the work folders (`<work>/<run uuid>/`) of runs that ended over a minute ago.
+
+    Each attempt removes its own folder as it ends, and the run's once it is empty; this
+    takes what a script left beside it (`$STEPWISE_ARTIFACTS/../../x`), which would stay
+    for good. Every host's reaper sweeps its own disk. Folders that do not name a run of
+    this database are left alone: the folder may be shared, and nothing says whose they
+    are. An idle cluster pays one directory listing a pass."""
+    try:
+        names = os.listdir(settings.STEPWISE_WORK_DIR)
+    except FileNotFoundError:
+        return 0
+    folders = set()
+    for name in names:
+        with contextlib.suppress(ValueError):
+            folders.add(uuid.UUID(name))
+    if not folders:
+        return 0
+    ended = Run.objects.filter(
+        uuid__in=folders, status__in=RUN_TERMINAL, finished_at__lt=now - SWEEP_AFTER
+    ).values_list("uuid", flat=True)
+    swept = 0
+    for run_uuid in ended:
+        shutil.rmtree(settings.STEPWISE_WORK_DIR / str(run_uuid), ignore_errors=True)
+        swept += 1
+    return swept
 
 
 def _loop() -> None:

@@ -776,6 +776,32 @@ def test_artifacts_past_the_attempts_budget_are_left_out_and_named_in_the_log(
     ]
 
 
+def test_the_reaper_sweeps_what_a_script_left_outside_its_attempts_folder(
+    make_runbook, settings
+):
+    from runs.reaper import SWEEP_AFTER, sweep_work_dirs
+
+    runbook = make_runbook(
+        """
+        slug: litter
+        name: Litter
+        steps:
+          - {id: drop, shell: 'echo left > "$STEPWISE_ARTIFACTS/../../litter.txt"'}
+        """
+    )
+    run = drain(start(runbook))
+    folder = settings.STEPWISE_WORK_DIR / str(run.uuid)
+    assert (folder / "litter.txt").exists()  # the step's own cleanup keeps the run's folder
+    stranger = settings.STEPWISE_WORK_DIR / "not-a-run"
+    stranger.mkdir()
+
+    assert sweep_work_dirs(run.finished_at + SWEEP_AFTER / 2) == 0  # only just ended
+    assert folder.exists()
+    assert sweep_work_dirs(run.finished_at + SWEEP_AFTER * 2) == 1
+    assert not folder.exists()
+    assert stranger.exists()  # not a run's: not ours to remove
+
+
 class _Api(BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200)
