@@ -776,9 +776,7 @@ def test_artifacts_past_the_attempts_budget_are_left_out_and_named_in_the_log(
     ]
 
 
-def test_the_reaper_sweeps_what_a_script_left_outside_its_attempts_folder(
-    make_runbook, settings
-):
+def test_the_reaper_sweeps_what_a_script_left_outside_its_attempts_folder(make_runbook, settings):
     from runs.reaper import SWEEP_AFTER, sweep_work_dirs
 
     runbook = make_runbook(
