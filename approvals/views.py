@@ -66,14 +66,19 @@ def approval_list(request: HttpRequest) -> HttpResponse:
     )
     for approval in others:
         # What the page says of each: how far it is, and whether this user has had a say.
-        votes = list(approval.decisions.all())
-        approval.approve_count = sum(d.verdict == Decision.Verdict.APPROVE for d in votes)
-        approval.my_verdict = next((d.verdict for d in votes if d.user_id == request.user.pk), "")
+        approval.approve_count, own = _tally(list(approval.decisions.all()), request.user)
+        approval.my_verdict = own.verdict if own else ""
     return render(
         request,
         "approvals/approval_list.html",
         {"mine": mine, "others": others, "history": history},
     )
+
+
+def _tally(decisions: list[Decision], user: Any) -> tuple[int, Decision | None]:
+    """How many approved, and `user`'s own decision if they made one."""
+    approvals = sum(d.verdict == Decision.Verdict.APPROVE for d in decisions)
+    return approvals, next((d for d in decisions if d.user_id == user.pk), None)
 
 
 def _form(approval: Approval, data: Any = None) -> RunForm:
@@ -85,7 +90,7 @@ def _detail_context(request: HttpRequest, approval: Approval, form: RunForm | No
     run = approval.run
     steps = list(run.steps.order_by("position"))
     decisions = list(approval.decisions.select_related("user"))
-    approve_count = sum(d.verdict == Decision.Verdict.APPROVE for d in decisions)
+    approve_count, my_decision = _tally(decisions, request.user)
     return {
         "approval": approval,
         "run": run,
@@ -94,7 +99,7 @@ def _detail_context(request: HttpRequest, approval: Approval, form: RunForm | No
         "decisions": decisions,
         "approve_count": approve_count,
         "still_needed": max(approval.required - approve_count, 0),
-        "my_decision": next((d for d in decisions if d.user_id == request.user.pk), None),
+        "my_decision": my_decision,
         "can_decide": can_decide(approval, request.user),
         "form": form or _form(approval),
     }
